@@ -1,0 +1,425 @@
+"""Every op minirl differentiates, each forward written beside its backward.
+
+An op computes its output array, then hands `_op` a closure that maps the
+output's gradient `dout` to one gradient per parent (None where a parent needs
+none). Broadcasting is undone by the tape (`tensor.unbroadcast`), so a closure
+may return a gradient of the broadcast shape.
+
+Shape legend: B=batch, T=time (query positions), S=key positions, C=channels,
+H=query heads, K=key/value heads, D=head dim, V=vocabulary.
+
+The fused ops at the end (linear, rms_norm, rope, attention, swiglu,
+log_softmax, gather_logprobs) are the model's hot path; `tests/test_functional.py`
+checks each against finite differences and against the same formula composed
+from the elementary ops above it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minirl.tensor import Tensor, is_grad_enabled
+
+
+def _op(data: np.ndarray, parents: tuple, backward) -> Tensor:
+    """Wrap an op's output; put it on the tape if any parent needs a gradient."""
+    out = Tensor(data)
+    if is_grad_enabled() and any(p.requires_grad for p in parents):
+        out.requires_grad = True
+        out._prev = parents
+        out._backward = backward
+    return out
+
+
+def as_tensor(x, like: Tensor | None = None) -> Tensor:
+    """A Tensor for `x`; constants take the floating dtype of `like`."""
+    if isinstance(x, Tensor):
+        return x
+    if like is not None and like.data.dtype.kind == "f":
+        return Tensor(np.asarray(x, dtype=like.data.dtype))
+    return Tensor(x)
+
+
+def _pair(a, b) -> tuple[Tensor, Tensor]:
+    if not isinstance(a, Tensor):
+        a = as_tensor(a, like=b)
+    if not isinstance(b, Tensor):
+        b = as_tensor(b, like=a)
+    return a, b
+
+
+# --------------------------------------------------------------- elementwise
+def add(a, b) -> Tensor:
+    a, b = _pair(a, b)
+    return _op(a.data + b.data, (a, b), lambda dout: (dout, dout))
+
+
+def sub(a, b) -> Tensor:
+    a, b = _pair(a, b)
+    return _op(a.data - b.data, (a, b), lambda dout: (dout, -dout))
+
+
+def mul(a, b) -> Tensor:
+    a, b = _pair(a, b)
+    return _op(a.data * b.data, (a, b), lambda dout: (dout * b.data, dout * a.data))
+
+
+def div(a, b) -> Tensor:
+    a, b = _pair(a, b)
+    out = a.data / b.data
+    # forward was: out = a / b, so dout/db = -a / b^2 = -out / b
+    return _op(out, (a, b), lambda dout: (dout / b.data, -dout * out / b.data))
+
+
+def neg(a: Tensor) -> Tensor:
+    return _op(-a.data, (a,), lambda dout: (-dout,))
+
+
+def pow(a: Tensor, exponent: float) -> Tensor:
+    """a ** exponent for a constant exponent."""
+    if isinstance(exponent, Tensor):
+        raise TypeError("pow takes a constant exponent; use exp(b * log(a)) for a tensor exponent")
+    e = a.data.dtype.type(exponent)
+    return _op(a.data**e, (a,), lambda dout: (dout * e * a.data ** (e - 1),))
+
+
+def exp(a: Tensor) -> Tensor:
+    out = np.exp(a.data)
+    return _op(out, (a,), lambda dout: (dout * out,))
+
+
+def log(a: Tensor) -> Tensor:
+    return _op(np.log(a.data), (a,), lambda dout: (dout / a.data,))
+
+
+def tanh(a: Tensor) -> Tensor:
+    out = np.tanh(a.data)
+    return _op(out, (a,), lambda dout: (dout * (1 - out * out),))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def sigmoid(a: Tensor) -> Tensor:
+    out = _sigmoid(a.data)
+    return _op(out, (a,), lambda dout: (dout * out * (1 - out),))
+
+
+def silu(a: Tensor) -> Tensor:
+    """x * sigmoid(x), Llama's MLP activation."""
+    sig = _sigmoid(a.data)
+    return _op(a.data * sig, (a,), lambda dout: (dout * sig * (1 + a.data * (1 - sig)),))
+
+
+def logsigmoid(a: Tensor) -> Tensor:
+    """log sigmoid(x) = min(x, 0) - log1p(exp(-|x|)), stable for large |x|."""
+    x = a.data
+    out = np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+    return _op(out, (a,), lambda dout: (dout * _sigmoid(-x),))
+
+
+def relu(a: Tensor) -> Tensor:
+    return _op(np.maximum(a.data, 0), (a,), lambda dout: (dout * (a.data > 0),))
+
+
+def abs(a: Tensor) -> Tensor:
+    return _op(np.abs(a.data), (a,), lambda dout: (dout * np.sign(a.data),))
+
+
+def where(cond, a, b) -> Tensor:
+    """cond ? a : b elementwise; cond is a constant boolean array."""
+    cond = np.asarray(cond.data if isinstance(cond, Tensor) else cond, dtype=bool)
+    a, b = _pair(a, b)
+    return _op(np.where(cond, a.data, b.data), (a, b),
+               lambda dout: (np.where(cond, dout, 0), np.where(cond, 0, dout)))
+
+
+def _pick(a: Tensor, b: Tensor, take_a: np.ndarray, tie: np.ndarray, out: np.ndarray) -> Tensor:
+    # ties split the gradient evenly between the two inputs, as torch.maximum does
+    wa = np.where(tie, 0.5, take_a).astype(out.dtype)
+    return _op(out, (a, b), lambda dout: (dout * wa, dout * (1 - wa)))
+
+
+def maximum(a, b) -> Tensor:
+    a, b = _pair(a, b)
+    return _pick(a, b, a.data > b.data, a.data == b.data, np.maximum(a.data, b.data))
+
+
+def minimum(a, b) -> Tensor:
+    a, b = _pair(a, b)
+    return _pick(a, b, a.data < b.data, a.data == b.data, np.minimum(a.data, b.data))
+
+
+def clip(a: Tensor, low: float, high: float) -> Tensor:
+    """Clamp to [low, high]; the gradient passes where low <= a <= high (torch.clamp)."""
+    inside = (a.data >= low) & (a.data <= high)
+    return _op(np.clip(a.data, low, high), (a,), lambda dout: (dout * inside,))
+
+
+# ---------------------------------------------------------------- reductions
+def _expand(dout: np.ndarray, shape: tuple, axis, keepdims: bool) -> np.ndarray:
+    """Reshape a reduced gradient so it broadcasts back over the reduced axes."""
+    if axis is not None and not keepdims:
+        dout = np.expand_dims(dout, axis)
+    return np.broadcast_to(dout, shape)
+
+
+def sum(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    out = a.data.sum(axis=axis, keepdims=keepdims)
+    return _op(np.asarray(out), (a,), lambda dout: (_expand(dout, a.shape, axis, keepdims),))
+
+
+def mean(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    out = np.asarray(a.data.mean(axis=axis, keepdims=keepdims))
+    n = a.data.size // out.size if out.size else 1
+    return _op(out, (a,), lambda dout: (_expand(dout, a.shape, axis, keepdims) / n,))
+
+
+def max(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Maximum over axes; tied maxima share the gradient evenly."""
+    out = a.data.max(axis=axis, keepdims=True)
+    hit = (a.data == out).astype(a.data.dtype)
+    hit /= hit.sum(axis=axis, keepdims=True)
+    result = out if keepdims else (out.reshape(()) if axis is None else np.squeeze(out, axis))
+
+    def backward(dout):
+        return (_expand(dout, a.shape, axis, keepdims) * hit,)
+
+    return _op(np.asarray(result), (a,), backward)
+
+
+def logsumexp(a: Tensor, axis: int = -1, keepdims: bool = False) -> Tensor:
+    m = a.data.max(axis=axis, keepdims=True)
+    lse = m + np.log(np.exp(a.data - m).sum(axis=axis, keepdims=True))
+    p = np.exp(a.data - lse)  # softmax
+    out = lse if keepdims else np.squeeze(lse, axis)
+    return _op(out, (a,), lambda dout: (_expand(dout, a.shape, axis, keepdims) * p,))
+
+
+# --------------------------------------------------------------------- shape
+def reshape(a: Tensor, shape: tuple) -> Tensor:
+    return _op(a.data.reshape(shape), (a,), lambda dout: (dout.reshape(a.shape),))
+
+
+def transpose(a: Tensor, axes=None) -> Tensor:
+    axes = tuple(reversed(range(a.ndim))) if axes is None else tuple(axes)
+    inverse = tuple(np.argsort(axes))
+    return _op(a.data.transpose(axes), (a,), lambda dout: (dout.transpose(inverse),))
+
+
+def _is_basic_index(index) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(p, (int, np.integer, slice)) or p is None or p is Ellipsis for p in parts)
+
+
+def getitem(a: Tensor, index) -> Tensor:
+    """a[index]; fancy indices that repeat an entry sum its gradients."""
+    if isinstance(index, Tensor):
+        index = index.data
+    elif isinstance(index, tuple):
+        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    basic = _is_basic_index(index)
+
+    def backward(dout):
+        da = np.zeros_like(a.data)
+        if basic:
+            da[index] = dout
+        else:
+            np.add.at(da, index, dout)
+        return (da,)
+
+    return _op(np.asarray(a.data[index]), (a,), backward)
+
+
+def concat(tensors: list, axis: int = 0) -> Tensor:
+    tensors = [as_tensor(t) for t in tensors]
+    sizes = [t.shape[axis] for t in tensors]
+    cuts = np.cumsum(sizes)[:-1]
+    return _op(np.concatenate([t.data for t in tensors], axis=axis), tuple(tensors),
+               lambda dout: tuple(np.split(dout, cuts, axis=axis)))
+
+
+def stack(tensors: list, axis: int = 0) -> Tensor:
+    tensors = [as_tensor(t) for t in tensors]
+    n = len(tensors)
+    return _op(np.stack([t.data for t in tensors], axis=axis), tuple(tensors),
+               lambda dout: tuple(np.take(dout, i, axis=axis) for i in range(n)))
+
+
+# ------------------------------------------------------------------- linear
+def matmul(a, b) -> Tensor:
+    """Batched a @ b with broadcast batch dimensions (both at least 2-D)."""
+    a, b = _pair(a, b)
+    if a.ndim < 2 or b.ndim < 2:
+        raise ValueError(f"matmul needs operands with at least 2 dimensions, got {a.shape} and {b.shape}")
+
+    def backward(dout):
+        # forward was: out = a @ b
+        da = dout @ b.data.swapaxes(-1, -2) if a.requires_grad else None
+        db = a.data.swapaxes(-1, -2) @ dout if b.requires_grad else None
+        return da, db
+
+    return _op(a.data @ b.data, (a, b), backward)
+
+
+def linear(x: Tensor, weight: Tensor) -> Tensor:
+    """x @ weight.T, the bias-free nn.Linear: (..., C) x (O, C) -> (..., O)."""
+    lead = x.shape[:-1]
+    x2 = x.data.reshape(-1, x.shape[-1])  # (N, C)
+
+    def backward(dout):
+        dout2 = dout.reshape(-1, dout.shape[-1])  # (N, O)
+        dx = (dout2 @ weight.data).reshape(x.shape) if x.requires_grad else None
+        dw = dout2.T @ x2 if weight.requires_grad else None  # (O, C)
+        return dx, dw
+
+    out = (x2 @ weight.data.T).reshape(*lead, weight.shape[0])
+    return _op(out, (x, weight), backward)
+
+
+def embedding(weight: Tensor, ids: np.ndarray) -> Tensor:
+    """Rows of `weight` (V, C) picked by integer `ids` (...) -> (..., C)."""
+    ids = np.asarray(ids)
+
+    def backward(dout):
+        dweight = np.zeros_like(weight.data)
+        np.add.at(dweight, ids.reshape(-1), dout.reshape(-1, weight.shape[1]))
+        return (dweight,)
+
+    return _op(weight.data[ids], (weight,), backward)
+
+
+# ------------------------------------------------------------ probabilities
+def softmax(a: Tensor, axis: int = -1) -> Tensor:
+    z = a.data - a.data.max(axis=axis, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=axis, keepdims=True)
+    # forward was: p = exp(x) / sum(exp(x)), so dx = p * (dout - sum(dout * p))
+    return _op(p, (a,), lambda dout: (p * (dout - (dout * p).sum(axis=axis, keepdims=True)),))
+
+
+def log_softmax(a: Tensor, axis: int = -1) -> Tensor:
+    z = a.data - a.data.max(axis=axis, keepdims=True)
+    out = z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+    # forward was: out = x - logsumexp(x), so dx = dout - softmax(x) * sum(dout)
+    return _op(out, (a,), lambda dout: (dout - np.exp(out) * dout.sum(axis=axis, keepdims=True),))
+
+
+def gather_logprobs(logits: Tensor, ids: np.ndarray) -> Tensor:
+    """log softmax(logits)[..., ids]: (..., V), (...) -> (...), without materialising log_softmax on the tape."""
+    ids = np.asarray(ids)
+    z = logits.data - logits.data.max(axis=-1, keepdims=True)
+    logz = np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    out = np.take_along_axis(z, ids[..., None], axis=-1)[..., 0] - logz[..., 0]
+
+    def backward(dout):
+        # forward was: out = x[ids] - logsumexp(x): dx = onehot(ids) * dout - softmax(x) * dout
+        dlogits = -np.exp(z - logz) * dout[..., None]
+        np.put_along_axis(dlogits, ids[..., None],
+                          np.take_along_axis(dlogits, ids[..., None], axis=-1) + dout[..., None], axis=-1)
+        return (dlogits,)
+
+    return _op(out, (logits,), backward)
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) over the last axis: (..., V) -> (...)."""
+    logp = log_softmax(logits, axis=-1)
+    return neg(sum(mul(exp(logp), logp), axis=-1))
+
+
+# ----------------------------------------------------------- fused model ops
+def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
+    """Llama's RMSNorm: x / sqrt(mean(x^2) + eps) * weight, over the last axis."""
+    rstd = 1.0 / np.sqrt((x.data * x.data).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+    xhat = x.data * rstd  # (..., C)
+
+    def backward(dout):
+        dweight = (dout * xhat).reshape(-1, x.shape[-1]).sum(axis=0) if weight.requires_grad else None
+        dxhat = dout * weight.data
+        # forward was: xhat = x * rstd with rstd depending on x through mean(x^2)
+        dx = rstd * (dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+        return dx, dweight
+
+    return _op(xhat * weight.data, (x, weight), backward)
+
+
+def _rotate_half(x: np.ndarray) -> np.ndarray:
+    """Hugging Face's rotate_half: [x1, x2] -> [-x2, x1] on the last axis."""
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def _rotate_half_T(y: np.ndarray) -> np.ndarray:
+    """The transpose of rotate_half: [y1, y2] -> [y2, -y1]."""
+    half = y.shape[-1] // 2
+    return np.concatenate([y[..., half:], -y[..., :half]], axis=-1)
+
+
+def rope_tables(positions: np.ndarray, head_dim: int, theta: float = 10000.0, dtype=np.float32):
+    """cos and sin tables (..., D) for integer positions (...), Hugging Face Llama layout."""
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (D/2,)
+    angles = np.asarray(positions, dtype=np.float64)[..., None] * inv_freq  # (..., D/2)
+    angles = np.concatenate([angles, angles], axis=-1)  # (..., D)
+    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+def rope(x: Tensor, cos: np.ndarray, sin: np.ndarray) -> Tensor:
+    """Rotary embedding, rotate-half convention: x*cos + rotate_half(x)*sin. x (B, H, T, D); cos, sin (B, 1, T, D)."""
+    out = x.data * cos + _rotate_half(x.data) * sin
+    # forward is linear in x: out = x*cos + R(x)*sin, so dx = dout*cos + R^T(dout*sin)
+    return _op(out, (x,), lambda dout: (dout * cos + _rotate_half_T(dout * sin),))
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -> Tensor:
+    """Softmax attention with grouped KV heads.
+
+    q (B, H, T, D), k and v (B, K, S, D) with H a multiple of K; `mask` is a
+    boolean array broadcastable to (B, 1, T, S), True where a query may attend
+    to a key. Returns (B, H, T, D). Rows with no allowed key attend uniformly
+    (their outputs belong to padding and are never used).
+    """
+    B, H, T, D = q.shape
+    K = k.shape[1]
+    if H % K:
+        raise ValueError(f"number of query heads {H} is not a multiple of key/value heads {K}")
+    G = H // K
+    scale = 1.0 / np.sqrt(D)
+    qg = q.data.reshape(B, K, G * T, D)  # query heads of a group share k and v: (B, K, G*T, D)
+    scores = (qg @ k.data.swapaxes(-1, -2)).reshape(B, H, T, -1) * scale  # (B, H, T, S)
+    if mask is not None:
+        scores = np.where(mask, scores, np.asarray(-1e9, dtype=scores.dtype))
+    scores -= scores.max(axis=-1, keepdims=True)
+    att = np.exp(scores)
+    att /= att.sum(axis=-1, keepdims=True)  # (B, H, T, S)
+    attg = att.reshape(B, K, G * T, -1)  # (B, K, G*T, S)
+    out = (attg @ v.data).reshape(B, H, T, D)
+
+    def backward(dout):
+        doutg = dout.reshape(B, K, G * T, D)
+        # forward was: out = att @ v
+        datt = doutg @ v.data.swapaxes(-1, -2)  # (B, K, G*T, S)
+        dv = attg.swapaxes(-1, -2) @ doutg  # (B, K, S, D), summed over the group
+        # forward was: att = softmax(scores)
+        dscores = attg * (datt - (datt * attg).sum(axis=-1, keepdims=True)) * scale
+        # forward was: scores = q @ k^T * scale
+        dq = (dscores @ k.data).reshape(B, H, T, D)
+        dk = dscores.swapaxes(-1, -2) @ qg  # (B, K, S, D)
+        return dq, dk, dv
+
+    return _op(out, (q, k, v), backward)
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """silu(gate) * up, Llama's gated MLP nonlinearity."""
+    sig = _sigmoid(gate.data)
+    act = gate.data * sig
+
+    def backward(dout):
+        dgate = dout * up.data * sig * (1 + gate.data * (1 - sig))
+        return dgate, dout * act
+
+    return _op(act * up.data, (gate, up), backward)
