@@ -62,7 +62,9 @@ class Tensor:
     def __init__(self, data, requires_grad: bool = False, name: str | None = None):
         if isinstance(data, Tensor):
             data = data.data
-        if not isinstance(data, np.ndarray):
+        if isinstance(data, np.generic):  # a NumPy scalar (0-d op results) keeps its dtype
+            data = np.asarray(data)
+        elif not isinstance(data, np.ndarray):
             data = np.asarray(data)
             if data.dtype == np.float64:  # Python floats default to float32
                 data = data.astype(np.float32)
