@@ -445,8 +445,12 @@ class RunDir:
 
     def save_model(self, name, model, dtype="bf16") -> Path:
         """Save a Module: its ``state_dict()`` and, as config.json, ``model.config.to_dict()``."""
-        config = getattr(model, "config", None)
-        return self.save(name, model.state_dict(), config.to_dict() if hasattr(config, "to_dict") else {}, dtype)
+        if hasattr(model, "checkpoint_config"):
+            config = model.checkpoint_config()
+        else:
+            config = getattr(model, "config", None)
+            config = config.to_dict() if hasattr(config, "to_dict") else {}
+        return self.save(name, model.state_dict(), config, dtype)
 
     def load(self, name) -> tuple[dict[str, np.ndarray], dict]:
         """Load ``checkpoints/<name>``."""

@@ -17,6 +17,7 @@ from the elementary ops above it.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit, log_expit
 
 from minirl.tensor import Tensor, is_grad_enabled
 
@@ -98,9 +99,8 @@ def tanh(a: Tensor) -> Tensor:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    """Numerically stable logistic function (scipy's expit, one C loop)."""
+    return expit(x)
 
 
 def sigmoid(a: Tensor) -> Tensor:
@@ -117,8 +117,7 @@ def silu(a: Tensor) -> Tensor:
 def logsigmoid(a: Tensor) -> Tensor:
     """log sigmoid(x) = min(x, 0) - log1p(exp(-|x|)), stable for large |x|."""
     x = a.data
-    out = np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
-    return _op(out, (a,), lambda dout: (dout * _sigmoid(-x),))
+    return _op(log_expit(x), (a,), lambda dout: (dout * _sigmoid(-x),))
 
 
 def relu(a: Tensor) -> Tensor:
@@ -285,8 +284,13 @@ def embedding(weight: Tensor, ids: np.ndarray) -> Tensor:
     ids = np.asarray(ids)
 
     def backward(dout):
+        flat, dflat = ids.reshape(-1), dout.reshape(-1, weight.shape[1])  # (N,), (N, C)
+        if flat.size * weight.shape[0] <= 2**24:
+            # forward was: out = weight[ids] = onehot(ids) @ weight, so dweight = onehot^T @ dout
+            onehot = (flat[:, None] == np.arange(weight.shape[0])).astype(dout.dtype)  # (N, V)
+            return (onehot.T @ dflat,)
         dweight = np.zeros_like(weight.data)
-        np.add.at(dweight, ids.reshape(-1), dout.reshape(-1, weight.shape[1]))
+        np.add.at(dweight, flat, dflat)  # a large vocabulary: scatter-add instead
         return (dweight,)
 
     return _op(weight.data[ids], (weight,), backward)
@@ -374,12 +378,18 @@ def rope(x: Tensor, cos: np.ndarray, sin: np.ndarray) -> Tensor:
     return _op(out, (x,), lambda dout: (dout * cos + _rotate_half_T(dout * sin),))
 
 
+def mask_bias(mask: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Boolean attention mask -> additive bias: 0 where allowed, -1e9 (weight exp(-1e9) = 0) elsewhere."""
+    return np.where(mask, 0.0, -1e9).astype(dtype)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -> Tensor:
     """Softmax attention with grouped KV heads.
 
     q (B, H, T, D), k and v (B, K, S, D) with H a multiple of K; `mask` is a
     boolean array broadcastable to (B, 1, T, S), True where a query may attend
-    to a key. Returns (B, H, T, D). Rows with no allowed key attend uniformly
+    to a key, or the equivalent additive float bias (0 or -1e9) from
+    `mask_bias`. Returns (B, H, T, D). Rows with no allowed key attend uniformly
     (their outputs belong to padding and are never used).
     """
     B, H, T, D = q.shape
@@ -387,11 +397,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -
     if H % K:
         raise ValueError(f"number of query heads {H} is not a multiple of key/value heads {K}")
     G = H // K
-    scale = 1.0 / np.sqrt(D)
+    scale = float(D) ** -0.5  # a Python float: NumPy 2 keeps float32 arrays float32
     qg = q.data.reshape(B, K, G * T, D)  # query heads of a group share k and v: (B, K, G*T, D)
     scores = (qg @ k.data.swapaxes(-1, -2)).reshape(B, H, T, -1) * scale  # (B, H, T, S)
     if mask is not None:
-        scores = np.where(mask, scores, np.asarray(-1e9, dtype=scores.dtype))
+        scores += mask_bias(mask, scores.dtype) if mask.dtype == bool else mask
     scores -= scores.max(axis=-1, keepdims=True)
     att = np.exp(scores)
     att /= att.sum(axis=-1, keepdims=True)  # (B, H, T, S)

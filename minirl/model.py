@@ -178,6 +178,11 @@ class Transformer(Module):
         if config.reward_head:
             self.score = Linear(config.hidden_size, 1, rng, config.initializer_range)
 
+    def checkpoint_config(self) -> dict:
+        """What config.json of a checkpoint holds: the model's shape and its tokenizer."""
+        tok = self.tokenizer.to_dict() if self.tokenizer is not None else None
+        return {"model": self.config.to_dict(), "tokenizer": tok}
+
     # ------------------------------------------------------------- forward
     def hidden_states(self, tokens, attention_mask=None, cache: KVCache | None = None) -> Tensor:
         """The final normed residual stream (B, T, C)."""
@@ -192,6 +197,7 @@ class Transformer(Module):
         if attention_mask is None:
             attention_mask = np.ones((B, offset + T), dtype=bool)
         positions, mask = positions_and_mask(np.asarray(attention_mask), T, offset)
+        mask = F.mask_bias(mask)  # computed once, added in every layer
         cos, sin = F.rope_tables(positions[:, None, :], self.config.head_dim, self.config.rope_theta)  # (B, 1, T, D)
         x = self.model.embed_tokens(tokens)  # (B, T, C)
         for i, layer in enumerate(self.model.layers):

@@ -1,0 +1,205 @@
+"""Export a minirl Transformer as a Hugging Face Llama directory (numpy + safetensors only).
+
+minirl's parameter names are Hugging Face Llama's, so the weights are a
+key-for-key copy. The directory loads with
+
+    from transformers import LlamaForCausalLM
+    hf = LlamaForCausalLM.from_pretrained(out_dir)          # no missing/unexpected keys
+
+and holds:
+
+    config.json              a LlamaConfig (architectures ["LlamaForCausalLM"])
+    model.safetensors        the LM weights, fp32 or bf16 (metadata format "pt")
+    generation_config.json   bos/eos/pad ids for `hf.generate`
+    vocab.json               the character vocabulary, token -> id (if the model has a tokenizer)
+    tokenizer_config.json    special tokens and how to encode
+    tokenizer.json           the same vocabulary for the `tokenizers` library (one token per character)
+    minirl_heads.safetensors value head / reward head, if any (Llama has no place for them)
+    minirl_config.json       the full TransformerConfig, so `load_hf` rebuilds the exact model
+
+Encoding for the exported model: one id per character, `vocab.json[c]`; a
+sequence starts with bos (id in config.json), and a chat prompt is
+"Q:<problem>\\nA:" (see `minirl.tasks.formats`). `AutoTokenizer.from_pretrained(out_dir)`
+loads `tokenizer.json` when the `tokenizers` library is installed;
+`tok.encode(text, add_special_tokens=False)` then equals `CharTokenizer.encode(text)`
+(prepend bos yourself).
+
+Writing needs no torch and no transformers; every file is written to a
+temporary name in `out_dir` and moved into place with `os.replace`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+DTYPES = {"fp32": (np.float32, "float32"), "bf16": (ml_dtypes.bfloat16, "bfloat16")}
+"""Export dtype name -> (numpy storage dtype, Hugging Face torch_dtype string)."""
+
+HEAD_NAMES = ("value_head.weight", "score.weight")
+"""minirl-only heads, written to `minirl_heads.safetensors` instead of model.safetensors."""
+
+
+# ------------------------------------------------------------ atomic writes
+def write_atomic(path: str | os.PathLike, write) -> None:
+    """Call `write(tmp_path)` on a temporary file next to `path`, then move it onto `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """JSON, indented, written atomically."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+    write_atomic(path, write)
+
+
+# ------------------------------------------------------------------ export
+def hf_config(model, dtype: str = "fp32", tokenizer=None) -> dict:
+    """The LlamaConfig dict (config.json) for a minirl Transformer."""
+    cfg = model.config
+    special = {} if tokenizer is None else {
+        "pad_token_id": tokenizer.pad_id, "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": None,
+        "initializer_range": cfg.initializer_range,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "pretraining_tp": 1,
+        "use_cache": True,
+        **special,
+        "torch_dtype": DTYPES[dtype][1],
+    }
+
+
+def tokenizer_files(tokenizer, max_length: int) -> dict[str, dict]:
+    """vocab.json, tokenizer_config.json and tokenizer.json for a character vocabulary."""
+    d = tokenizer.to_dict()
+    vocab = {s: int(i) for s, i in d["vocab"].items()}
+    pad, bos, eos = d["pad_token"], d["bos_token"], d["eos_token"]
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": max_length,
+        "pad_token": pad, "bos_token": bos, "eos_token": eos,
+        "padding_side": "left",
+        "add_bos_token": False, "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "minirl_tokenizer": {"type": "char", "encoding": (
+            "one id per character (vocab.json); prepend bos_token yourself; chat prompts are 'Q:<problem>\\nA:'")},
+    }
+    # A WordLevel model over single characters: split into characters, look each up, fuse on decode.
+    tokenizer_json = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [{"id": vocab[s], "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for s in (pad, bos, eos)],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "[\\s\\S]"}, "behavior": "Isolated", "invert": False},
+        "post_processor": None,
+        "decoder": {"type": "Fuse"},
+        # "<unk>" is deliberately not in the vocabulary: an unknown character is an error, not a silent id
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    }
+    return {"vocab.json": vocab, "tokenizer_config.json": tokenizer_config, "tokenizer.json": tokenizer_json}
+
+
+def export_hf(model, out_dir: str | os.PathLike, dtype: str = "fp32", tokenizer=None) -> Path:
+    """Write `model` as a Hugging Face LlamaForCausalLM directory; returns its path.
+
+    `dtype` is the storage dtype of the weights ("fp32" or "bf16", rounded to
+    nearest even as `ml_dtypes` does). `tokenizer` defaults to `model.tokenizer`;
+    without one the vocabulary files and special token ids are left out.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                         f"{model.config.vocab_size}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np_dtype = DTYPES[dtype][0]
+
+    # 1) weights: the LM into model.safetensors, minirl's extra heads beside it
+    lm, heads = {}, {}
+    for name, p in model.named_parameters():
+        (heads if name in HEAD_NAMES else lm)[name] = np.ascontiguousarray(p.data.astype(np_dtype))
+    write_atomic(out_dir / "model.safetensors", lambda tmp: save_file(lm, tmp, metadata={"format": "pt"}))
+    heads_path = out_dir / "minirl_heads.safetensors"
+    if heads:
+        write_atomic(heads_path, lambda tmp: save_file(heads, tmp, metadata={
+            "format": "pt", "note": "minirl value/reward heads; not part of LlamaForCausalLM"}))
+    elif heads_path.exists():
+        heads_path.unlink()  # a stale file from an earlier export of another model
+
+    # 2) configs
+    write_json(out_dir / "config.json", hf_config(model, dtype, tokenizer))
+    write_json(out_dir / "minirl_config.json", model.config.to_dict())
+    generation = {"do_sample": False, "max_length": model.config.max_position_embeddings}
+    if tokenizer is not None:
+        generation.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+    write_json(out_dir / "generation_config.json", generation)
+
+    # 3) vocabulary
+    if tokenizer is not None:
+        for name, content in tokenizer_files(tokenizer, model.config.max_position_embeddings).items():
+            write_json(out_dir / name, content)
+    return out_dir
+
+
+# ------------------------------------------------------------------ import
+def load_hf(path: str | os.PathLike):
+    """A minirl Transformer (float32) from a directory written by `export_hf`, or any small HF Llama."""
+    from minirl.model import Transformer, TransformerConfig
+
+    path = Path(path)
+    if (path / "minirl_config.json").exists():
+        config = TransformerConfig.from_dict(json.loads((path / "minirl_config.json").read_text()))
+    else:
+        hf = json.loads((path / "config.json").read_text())
+        theta = hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+        config = TransformerConfig.from_dict({**hf, "rope_theta": theta})
+    tensors = {k: v.astype(np.float32) for k, v in load_file(path / "model.safetensors").items()}
+    if (path / "minirl_heads.safetensors").exists():
+        tensors.update({k: v.astype(np.float32) for k, v in load_file(path / "minirl_heads.safetensors").items()})
+    if config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
+    tokenizer = None
+    if (path / "vocab.json").exists():
+        from minirl.tasks.tokenizer import CharTokenizer
+        tokenizer = CharTokenizer.from_dict({"type": "char", "vocab": json.loads((path / "vocab.json").read_text())})
+    model = Transformer(config, seed=0, tokenizer=tokenizer)
+    model.load_state_dict(tensors)
+    return model

@@ -1,0 +1,61 @@
+"""Models in and out of checkpoints: `minirl.load("sft")`, `save_model(path, model)`.
+
+A minirl checkpoint is a directory with `model.safetensors` (Hugging Face
+Llama parameter names, bf16 by default) and `config.json` holding
+`{"model": TransformerConfig fields, "tokenizer": CharTokenizer.to_dict()}`.
+The shipped models live in `minirl/models/<name>/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from minirl.checkpoint import CheckpointError, check_shapes, load_checkpoint, save_checkpoint
+from minirl.model import Transformer, TransformerConfig
+from minirl.tasks import CharTokenizer
+
+MODELS_DIR = Path(__file__).parent / "models"
+SHIPPED = ("base", "sft")
+"""Names of the models that ship inside the package."""
+
+
+def resolve(name_or_path) -> Path:
+    """The checkpoint directory of a shipped model name or a path."""
+    if str(name_or_path) in SHIPPED:
+        path = MODELS_DIR / str(name_or_path)
+        if not (path / "model.safetensors").exists():
+            raise FileNotFoundError(f"shipped model {name_or_path!r} is missing from {path}; "
+                                    f"rebuild it with `minirl pretrain` / `minirl run sft` (see README)")
+        return path
+    path = Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path} (and {str(name_or_path)!r} is not one of the "
+                                f"shipped models {', '.join(SHIPPED)})")
+    return path
+
+
+def load(name_or_path, value_head: bool | None = None) -> Transformer:
+    """A model from a shipped name ("base", "sft") or a checkpoint path; optionally add a value head."""
+    path = resolve(name_or_path)
+    tensors, config = load_checkpoint(path)
+    if "model" not in config:
+        raise CheckpointError(f"{path}: config.json has no 'model' section; not a minirl checkpoint")
+    model_cfg = dict(config["model"])
+    if value_head is not None:
+        model_cfg["value_head"] = value_head
+    tokenizer = CharTokenizer.from_dict(config["tokenizer"]) if config.get("tokenizer") else CharTokenizer()
+    model = Transformer(TransformerConfig.from_dict(model_cfg), tokenizer=tokenizer)
+    expected = {name: p.shape for name, p in model.named_parameters()}
+    if value_head and "value_head.weight" not in tensors:
+        expected.pop("value_head.weight")  # a fresh head, zero-initialised
+        tensors = {**tensors, "value_head.weight": model.value_head.weight.data}
+    if value_head is False:
+        tensors = {k: v for k, v in tensors.items() if k != "value_head.weight"}
+    check_shapes(tensors, expected, path)
+    model.load_state_dict(tensors)
+    return model
+
+
+def save_model(path, model: Transformer, dtype: str = "bf16") -> Path:
+    """Atomically write `model` as a minirl checkpoint directory."""
+    return save_checkpoint(path, model.state_dict(), model.checkpoint_config(), dtype)

@@ -1,0 +1,97 @@
+"""Click options made from config dataclasses, so `--help` shows each field's docstring.
+
+CleanRL's `Args` dataclass, turned into a CLI the way `tyro` does it, in a few
+lines: every field becomes `--field-name`, typed from its annotation, its
+default from the dataclass (or an override), its help from the docstring
+written under the field. A value the dataclass rejects in `__post_init__`
+becomes a click usage error naming the option.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+
+import click
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (from its source)."""
+    docs = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+class _Typed(click.ParamType):
+    """Parse an option from its annotation: numbers, 'none', comma-separated tuples."""
+
+    def __init__(self, annotation: str):
+        self.annotation = annotation.replace(" ", "")
+        self.name = annotation
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        ann = self.annotation
+        optional = ann.endswith("|None")
+        base = ann[:-5] if optional else ann
+        if optional and value.strip().lower() in ("none", ""):
+            return None
+        try:
+            if base.startswith("tuple["):
+                item = float if "float" in base else int if "int" in base else str
+                return tuple(item(v.strip()) for v in value.split(",") if v.strip())
+            return {"int": int, "float": float, "str": str}.get(base, str)(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a valid {ann.replace('|', ' | ')}", param, ctx)
+
+
+def _show(default) -> str | None:
+    if isinstance(default, tuple):
+        return ",".join(str(v) for v in default)
+    return None if default is None else str(default)
+
+
+def dataclass_options(cls, defaults: dict | None = None, exclude: tuple = ()):
+    """Decorator adding one click option per field of `cls` (defaults overridable)."""
+    defaults = defaults or {}
+    docs = field_docs(cls)
+
+    def decorate(fn):
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name in exclude or not f.init:
+                continue
+            default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            flag = "--" + f.name.replace("_", "-")
+            help_text = docs.get(f.name, "")
+            if f.type in ("bool", bool):
+                fn = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=default, show_default=True,
+                                  help=help_text)(fn)
+            else:
+                fn = click.option(flag, f.name, type=_Typed(str(f.type)), default=_show(default),
+                                  show_default=True, help=help_text)(fn)
+        return fn
+
+    return decorate
+
+
+def build(cls, kwargs: dict):
+    """Instantiate `cls` from the matching CLI kwargs; its ValueError becomes a usage error."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in kwargs.items() if k in names}
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as e:
+        raise click.UsageError(str(e)) from None
