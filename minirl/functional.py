@@ -401,7 +401,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -
     qg = q.data.reshape(B, K, G * T, D)  # query heads of a group share k and v: (B, K, G*T, D)
     scores = (qg @ k.data.swapaxes(-1, -2)).reshape(B, H, T, -1) * scale  # (B, H, T, S)
     if mask is not None:
-        scores += mask_bias(mask, scores.dtype) if mask.dtype == bool else mask
+        allowed = mask if mask.dtype == bool else mask == 0  # broadcastable to (B, 1, T, S)
+        # replace, not add: a masked score is a constant (no gradient), and a row
+        # with no allowed key then attends uniformly instead of following q and k
+        scores = np.where(allowed, scores, np.asarray(-1e9, dtype=scores.dtype))
     scores -= scores.max(axis=-1, keepdims=True)
     att = np.exp(scores)
     att /= att.sum(axis=-1, keepdims=True)  # (B, H, T, S)
@@ -415,6 +418,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -
         dv = attg.swapaxes(-1, -2) @ doutg  # (B, K, S, D), summed over the group
         # forward was: att = softmax(scores)
         dscores = attg * (datt - (datt * attg).sum(axis=-1, keepdims=True)) * scale
+        if mask is not None:
+            # forward was: scores = where(allowed, scores, -1e9): masked scores get no gradient
+            dscores = np.where(allowed, dscores.reshape(B, H, T, -1), 0).reshape(B, K, G * T, -1)
         # forward was: scores = q @ k^T * scale
         dq = (dscores @ k.data).reshape(B, H, T, D)
         dk = dscores.swapaxes(-1, -2) @ qg  # (B, K, S, D)
