@@ -113,8 +113,9 @@ def torch_classes() -> SimpleNamespace:
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
             if cache is not None:
                 k, v = cache.update(layer, k, v)  # (B, K, S, D)
-            k = k.repeat_interleave(H // K, dim=1)  # query head h reads kv head h // G: (B, H, S, D)
-            v = v.repeat_interleave(H // K, dim=1)
+            if H != K:  # grouped KV heads: query head h reads kv head h // G, as HF's repeat_kv
+                k = k.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
+                v = v.repeat_interleave(H // K, dim=1)
             scores = q @ k.transpose(-1, -2) / D**0.5  # (B, H, T, S)
             scores = scores.masked_fill(~mask, -1e9)  # a row with no allowed key attends uniformly, as minirl
             y = scores.softmax(dim=-1) @ v  # (B, H, T, D)

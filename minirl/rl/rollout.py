@@ -1,0 +1,125 @@
+"""Rollouts: sample G completions per prompt with the KV cache, score them with the task's verifier.
+
+A rollout is the batch every on-policy algorithm learns from. Its sequences
+are the prompts (left-padded to P) followed by the completions (N tokens,
+pad after eos), so one full forward pass `completion_logprobs` re-scores all
+completions at once with the tape on.
+
+Legend: B = prompts x group size (sequences), P = prompt length, N = completion length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minirl import functional as F
+from minirl.tasks import Example, encode_chat, resolve_task
+from minirl.tensor import Tensor, no_grad
+
+
+class RewardError(ValueError):
+    """A reward was NaN or infinite: the run stops rather than learn from it."""
+
+
+@dataclass
+class Rollout:
+    """Sampled completions of a batch of prompts, with their rewards."""
+
+    tokens: np.ndarray
+    """(B, P + N) left-padded prompts then completions."""
+    attention_mask: np.ndarray
+    """(B, P + N) 1 on real tokens."""
+    prompt_len: int
+    """P: completions start here."""
+    completion_mask: np.ndarray
+    """(B, N) float32, 1 on completion tokens up to and including eos."""
+    sample_logp: np.ndarray
+    """(B, N) log-probs of the sampled tokens under the sampling distribution."""
+    rewards: np.ndarray
+    """(B,) task rewards."""
+    examples: list[Example]
+    """The problem behind each sequence (each repeated G times)."""
+    completions: list[str]
+    """Decoded completions (eos stripped)."""
+    group_size: int
+    """G: consecutive sequences share a prompt."""
+    stats: dict = field(default_factory=dict)
+    """Reward mean, accuracy, completion length: logged by the training loop."""
+    extra: dict = field(default_factory=dict)
+    """Per-algorithm arrays: advantages, old/ref log-probs, values, returns."""
+
+    @property
+    def completion_ids(self) -> np.ndarray:
+        return self.tokens[:, self.prompt_len:]
+
+
+def completion_logprobs(model, tokens: np.ndarray, attention_mask: np.ndarray, prompt_len: int,
+                        temperature: float = 1.0, hidden=None) -> Tensor:
+    """log π(completion token | prefix) for every completion position: (B, P+N) -> (B, N), on the tape."""
+    h = model.hidden_states(tokens, attention_mask) if hidden is None else hidden
+    logits = model.logits(h[:, prompt_len - 1:-1])  # (B, N, V): position t predicts token t+1
+    if temperature != 1.0:
+        logits = logits * (1.0 / temperature)
+    return F.gather_logprobs(logits, tokens[:, prompt_len:])
+
+
+def reference_logprobs(ref_model, rollout: Rollout, temperature: float = 1.0) -> np.ndarray:
+    """The frozen reference model's log-probs of the rollout's completions (B, N)."""
+    with no_grad():
+        return completion_logprobs(ref_model, rollout.tokens, rollout.attention_mask,
+                                   rollout.prompt_len, temperature).data
+
+
+def sample_rollout(policy, task, rng: np.random.Generator, num_prompts: int, group_size: int,
+                   max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int | None = None,
+                   reward: str = "exact") -> Rollout:
+    """Sample `group_size` completions for each of `num_prompts` fresh prompts of `task`."""
+    task = resolve_task(task)
+    tok = policy.tokenizer
+    if reward not in ("exact", "partial"):
+        raise ValueError(f"reward must be 'exact' or 'partial', got {reward!r}")
+    examples = [task.sample(rng) for _ in range(num_prompts)]
+    examples = [ex for ex in examples for _ in range(group_size)]  # groups of G consecutive rows
+    prompts = [encode_chat(tok, ex.prompt)[0] for ex in examples]
+    max_new = max_new_tokens or task.max_answer_len + 1  # +1 for eos
+    gen = policy.generate(prompts, max_new, rng=rng, temperature=temperature, top_k=top_k)
+    completions = []
+    for row, mask in zip(gen.completions, gen.completion_mask):
+        ids = row[mask > 0]
+        completions.append(tok.decode(ids[ids != tok.eos_id]))
+    score = task.reward if reward == "partial" else (lambda p, c: float(task.verify(p, c)))
+    rewards = np.array([score(ex.prompt, c) for ex, c in zip(examples, completions)], dtype=np.float64)
+    check_rewards(rewards)
+    correct = np.array([task.verify(ex.prompt, c) for ex, c in zip(examples, completions)])
+    ended = (gen.completions == tok.eos_id).any(axis=1)
+    stats = {"reward": float(rewards.mean()), "accuracy": float(correct.mean()),
+             "completion_len": float(gen.completion_mask.sum(axis=1).mean()), "eos_rate": float(ended.mean())}
+    return Rollout(gen.tokens, gen.attention_mask, gen.prompt_len, gen.completion_mask, gen.logprobs,
+                   rewards, examples, completions, group_size, stats)
+
+
+def check_rewards(rewards: np.ndarray) -> None:
+    """Raise RewardError if any reward is NaN or infinite."""
+    bad = np.flatnonzero(~np.isfinite(rewards))
+    if bad.size:
+        raise RewardError(f"reward of sequence {int(bad[0])} is {rewards[bad[0]]} ({bad.size} non-finite "
+                          f"of {rewards.size}); rewards must be finite numbers")
+
+
+def minibatch_indices(n: int, num_minibatches: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """A shuffled split of range(n) into `num_minibatches` nearly equal parts."""
+    if not 1 <= num_minibatches <= n:
+        raise ValueError(f"num_minibatches must be in [1, {n}] (the batch size), got {num_minibatches}")
+    return np.array_split(rng.permutation(n), num_minibatches)
+
+
+def take(rollout: Rollout, idx: np.ndarray) -> Rollout:
+    """The sub-rollout of rows `idx` (extra arrays with a leading batch axis are sliced too)."""
+    extra = {k: (v[idx] if isinstance(v, np.ndarray) and v.shape[:1] == (len(rollout.rewards),) else v)
+             for k, v in rollout.extra.items()}
+    return Rollout(rollout.tokens[idx], rollout.attention_mask[idx], rollout.prompt_len,
+                   rollout.completion_mask[idx], rollout.sample_logp[idx], rollout.rewards[idx],
+                   [rollout.examples[i] for i in idx], [rollout.completions[i] for i in idx],
+                   rollout.group_size, rollout.stats, extra)
