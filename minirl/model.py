@@ -26,7 +26,7 @@ from minirl.tensor import Tensor, no_grad
 class TransformerConfig:
     """Shape of the model; field names are Hugging Face LlamaConfig's."""
 
-    vocab_size: int = 48
+    vocab_size: int = 52
     """Number of token ids (the tokenizer's vocabulary)."""
     hidden_size: int = 64
     """Width C of the residual stream."""
