@@ -88,13 +88,15 @@ from minirl.model import TransformerConfig  # noqa: E402
 from minirl.rl.sft import PretrainConfig, SFTConfig  # noqa: E402
 from minirl.train import TrainConfig  # noqa: E402
 
+PRETRAIN_MIXTURE = dict(weights=(4.0, 1.0, 1.0, 1.0, 1.0, 1.0))
+"""The shipped base model's mixture: addition, the hardest task, four times as often as each other task."""
 PRETRAIN_DEFAULTS = dict(steps=3000, lr=3e-3, schedule="cosine", warmup_steps=100, weight_decay=0.0)
 SFT_DEFAULTS = dict(steps=300, lr=1e-3, schedule="cosine", warmup_steps=20, weight_decay=0.0)
 
 
 @main.command()
 @dataclass_options(TransformerConfig, exclude=("vocab_size", "value_head", "reward_head"))
-@dataclass_options(PretrainConfig)
+@dataclass_options(PretrainConfig, defaults=PRETRAIN_MIXTURE)
 @dataclass_options(TrainConfig, defaults=PRETRAIN_DEFAULTS)
 @with_common
 def pretrain(out, as_json, progress, **kw):
@@ -185,6 +187,9 @@ def report(run_dir, as_json, brief):
         raise click.BadParameter(str(e), param_hint="RUN_DIR") from None
     if as_json:
         click.echo(json.dumps(r, indent=2))
+    elif "algorithm" not in r:
+        raise click.BadParameter(f"{run_dir}: report.json is from `minirl {r.get('command', '?')}`, not an RL run; "
+                                 "only RL reports render (--json prints any report)", param_hint="RUN_DIR")
     else:
         render(r, detail=not brief)
 

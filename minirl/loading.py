@@ -47,8 +47,7 @@ def load(name_or_path, value_head: bool | None = None) -> Transformer:
     model = Transformer(TransformerConfig.from_dict(model_cfg), tokenizer=tokenizer)
     expected = {name: p.shape for name, p in model.named_parameters()}
     if value_head and "value_head.weight" not in tensors:
-        expected.pop("value_head.weight")  # a fresh head, zero-initialised
-        tensors = {**tensors, "value_head.weight": model.value_head.weight.data}
+        tensors = {**tensors, "value_head.weight": model.value_head.weight.data}  # a fresh head, zero-initialised
     if value_head is False:
         tensors = {k: v for k, v in tensors.items() if k != "value_head.weight"}
     check_shapes(tensors, expected, path)

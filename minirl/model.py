@@ -65,9 +65,14 @@ class TransformerConfig:
             raise ValueError(f"TransformerConfig.num_attention_heads ({self.num_attention_heads}) must be a "
                              f"multiple of num_key_value_heads ({self.num_key_value_heads})")
         if self.head_dim % 2:
-            raise ValueError(f"head dim {self.head_dim} must be even for rotary embeddings")
+            raise ValueError(f"TransformerConfig.hidden_size / num_attention_heads (head dim {self.head_dim}) "
+                             "must be even for rotary embeddings")
         if self.rms_norm_eps <= 0:
             raise ValueError(f"TransformerConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"TransformerConfig.rope_theta must be > 0, got {self.rope_theta}")
+        if not self.initializer_range >= 0:
+            raise ValueError(f"TransformerConfig.initializer_range must be >= 0, got {self.initializer_range}")
 
     @property
     def head_dim(self) -> int:

@@ -37,8 +37,9 @@ def _config_dict(**configs) -> dict:
 
 
 def pretrain(model_cfg: TransformerConfig, data_cfg: PretrainConfig, train_cfg: TrainConfig,
-             out=None, progress: bool = True, bench_n: int = BENCH_N) -> dict:
+             out=None, progress: bool = True, bench_n: int | None = None) -> dict:
     """Train a base model from scratch on the raw task mixture; returns the report dict."""
+    bench_n = BENCH_N if bench_n is None else bench_n
     tok = CharTokenizer()
     if model_cfg.vocab_size != tok.vocab_size:
         raise ValueError(f"TransformerConfig.vocab_size must equal the tokenizer's {tok.vocab_size}, got {model_cfg.vocab_size}")
@@ -59,8 +60,9 @@ def pretrain(model_cfg: TransformerConfig, data_cfg: PretrainConfig, train_cfg: 
 
 
 def sft(init, data_cfg: SFTConfig, train_cfg: TrainConfig, out=None, progress: bool = True,
-        bench_n: int = BENCH_N) -> dict:
+        bench_n: int | None = None) -> dict:
     """Instruction-tune `init` (a shipped name or a checkpoint) on chat-format examples."""
+    bench_n = BENCH_N if bench_n is None else bench_n
     model = load(init)
     run = new_run_dir(out, "sft")
     run.write_config(_config_dict(command="run sft", init=str(init), data=data_cfg, train=train_cfg))
@@ -142,11 +144,12 @@ def final_kl(policy, ref, task: str, seed: int, n: int = 256, temperature: float
 
 
 def rl(algo_name: str, algo_cfg, train_cfg: TrainConfig, init="sft", out=None, progress: bool = True,
-       bench_n: int = BENCH_N, report: bool = True) -> dict:
+       bench_n: int | None = None, report: bool = True) -> dict:
     """An RL run from `init`: before/after accuracy on every task, KL, and what the update did to the weights."""
     from minirl.rl import make_algorithm
     from minirl.tasks import TASKS
 
+    bench_n = BENCH_N if bench_n is None else bench_n
     needs_value = algo_name == "ppo"
     policy = load(init, value_head=needs_value)
     ref = load(init)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from minirl.optim import AdamW, LRSchedule, clip_grad_norm
-from minirl.precision import get_policy
+from minirl.precision import POLICY_NAMES, get_policy
 from minirl.rl.rollout import RewardError
 
 
@@ -69,7 +69,18 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
         if self.checkpoint_every < 0:
             raise ValueError(f"TrainConfig.checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        get_policy(self.precision)  # raises naming the allowed policies
+        if self.precision not in POLICY_NAMES:
+            raise ValueError(f"TrainConfig.precision must be one of {', '.join(POLICY_NAMES)}; got {self.precision!r}")
+        if int(self.warmup_steps) < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas}")
+        if not self.eps > 0:
+            raise ValueError(f"TrainConfig.eps must be > 0, got {self.eps}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
         self.schedule_fn()  # validates schedule, warmup_steps, min_lr_ratio
 
     def schedule_fn(self, total_updates: int | None = None) -> LRSchedule:

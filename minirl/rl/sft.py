@@ -36,8 +36,8 @@ class PretrainConfig:
 
     tasks: tuple[str, ...] = ("add", "sort", "reverse", "copy", "max", "count")
     """Tasks whose problems make up the corpus."""
-    weights: tuple[float, ...] | None = (4.0, 1.0, 1.0, 1.0, 1.0, 1.0)
-    """Mixture weights of the tasks (None: uniform); addition is the hardest, so it gets more."""
+    weights: tuple[float, ...] | None = None
+    """Mixture weights of the tasks (None: uniform)."""
     batch_size: int = 64
     """Sequences per batch."""
     seq_len: int = 48
