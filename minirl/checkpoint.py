@@ -282,21 +282,34 @@ def _write_safetensors(file: Path, arrays: dict[str, np.ndarray], metadata: dict
         os.fsync(f.fileno())
 
 
-def atomic_write_text(file, text: str) -> None:
-    """Write ``text`` to ``file`` via a fsynced temp file and os.replace: old or new, never partial."""
+def _default_mode(directory: bool = False) -> int:
+    """The permissions a plain open()/mkdir() would give (tempfile's are private: 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def atomic_write(file, write) -> None:
+    """Call ``write(tmp_path)`` on a temp file beside ``file``, fsync, then os.replace: old or new, never partial."""
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.tmp-", dir=file.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, file)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(file.parent)
+
+
+def atomic_write_text(file, text: str) -> None:
+    """Write ``text`` to ``file`` atomically (see `atomic_write`)."""
+    atomic_write(file, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(file, obj) -> None:
@@ -357,6 +370,7 @@ def save_checkpoint(path, tensors: dict[str, np.ndarray], config: dict, dtype="b
     config_text = _dumps(config, indent=2, sort_keys=True) + "\n"  # fail before touching disk
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, _default_mode(directory=True))
     try:
         _write_safetensors(tmp / WEIGHTS_NAME, arrays, {"format": "pt"})  # "pt": HF's loader requires it
         atomic_write_text(tmp / CONFIG_NAME, config_text)

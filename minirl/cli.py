@@ -90,7 +90,7 @@ from minirl.train import TrainConfig  # noqa: E402
 
 PRETRAIN_MIXTURE = dict(weights=(4.0, 1.0, 1.0, 1.0, 1.0, 1.0))
 """The shipped base model's mixture: addition, the hardest task, four times as often as each other task."""
-PRETRAIN_DEFAULTS = dict(steps=3000, lr=3e-3, schedule="cosine", warmup_steps=100, weight_decay=0.0)
+PRETRAIN_DEFAULTS = dict(steps=2000, lr=3e-3, schedule="cosine", warmup_steps=100, weight_decay=0.0)
 SFT_DEFAULTS = dict(steps=300, lr=1e-3, schedule="cosine", warmup_steps=20, weight_decay=0.0)
 
 

@@ -18,6 +18,8 @@ from rich.table import Table
 from minirl.analysis import LAYER_COLUMNS, cell_of
 
 SPARK = "▁▂▃▄▅▆▇█"
+SHORT = {"input_norm": "norm1", "post_norm": "norm2"}
+"""Column labels of the two RMSNorm gains of a layer (input_layernorm, post_attention_layernorm)."""
 
 
 def sparkline(values: list[float], width: int = 60) -> str:
@@ -70,14 +72,14 @@ def _grid_table(per_tensor: dict, title: str) -> Table:
         else:
             grid.setdefault(layer, {})[col] = v
     cols = [c for c in LAYER_COLUMNS if any(c in row for row in grid.values())]
-    t = Table(title=title, title_justify="left")
+    t = Table(title=title + ", %", title_justify="left", padding=(0, 1))
     t.add_column("layer")
     for c in cols:
-        t.add_column(c, justify="right")
+        t.add_column(SHORT.get(c, c), justify="right")
     for layer in sorted(grid):
-        t.add_row(str(layer), *[pct(grid[layer].get(c), 1) if c in grid[layer] else "" for c in cols])
+        t.add_row(str(layer), *[f"{100 * grid[layer][c]:.1f}" if c in grid[layer] else "" for c in cols])
     for name, v in other.items():
-        t.add_row(name, pct(v, 1), *[""] * (len(cols) - 1))
+        t.add_row(name, f"{100 * v:.1f}", *[""] * (len(cols) - 1))
     return t
 
 
@@ -94,7 +96,8 @@ def _paper_table(r: dict) -> Table:
     t.add_row("update rank (mean fraction of full)", paper["rank_range"], pct(rk["mean_fraction"]))
     reg = r.get("regime", {})
     if reg:
-        t.add_row("relative step lr / rms(w)", "~1e-4 (lr 5e-7..1e-6, rms ~1e-2)", f"{reg['lr_over_rms']:.2e}")
+        t.add_row("relative step lr / rms(w)", "~1e-4 (lr 5e-7..1e-6, rms ~1e-2)",
+                  f"{reg['lr_over_rms']:.2e} ({reg['lr_over_rms'] / 1e-4:.0f}x the papers')")
     return t
 
 
@@ -106,7 +109,9 @@ def render(r: dict, console: Console | None = None, detail: bool = True) -> None
             + (" · [yellow]interrupted[/]" if r.get("interrupted") else ""))
     curve = r.get("reward_curve", [])
     finite = [v for v in curve if v is not None and math.isfinite(v)]
-    reward = (f"reward per step  {sparkline(curve)}  {finite[0]:.2f} → {finite[-1]:.2f}" if finite else "no reward logged")
+    tenth = max(1, len(finite) // 10)
+    reward = (f"reward per step {sparkline(curve, 40)}  first tenth {sum(finite[:tenth]) / tenth:.2f} → "
+              f"last tenth {sum(finite[-tenth:]) / tenth:.2f}" if finite else "no reward logged")
     kl = r.get("kl", {})
     kl_line = f"KL(π ‖ π_ref) per sequence on {kl.get('n', 0)} fresh samples: k1 {kl.get('k1', float('nan')):.4f}, k3 {kl.get('k3', float('nan')):.4f}"
     console.print(Panel(Group(head, reward, kl_line), title="minirl report", expand=False))

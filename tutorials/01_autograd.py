@@ -27,13 +27,14 @@
 import sys
 from pathlib import Path
 
-import numpy as np
-
 try:
-    import minirl  # noqa: F401
+    import minirl  # before NumPy: minirl asks BLAS for one thread, faster for its small matrices
 except ModuleNotFoundError:  # a source checkout without `pip install -e .`: the repo root is one level up
     here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
     sys.path.insert(0, str(here.parent))
+    import minirl  # noqa: F401
+
+import numpy as np
 
 from minirl import functional as F
 from minirl.functional import _op

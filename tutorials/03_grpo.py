@@ -18,6 +18,7 @@
 # Run it with `python tutorials/03_grpo.py`, or open it in Jupyter (jupytext).
 
 # %%
+import minirl  # before NumPy: minirl asks BLAS for one thread, faster for its small matrices
 import numpy as np
 
 from minirl import functional as F
@@ -134,7 +135,6 @@ assert np.all(k3(np.log(p), np.log(q)) >= 0)
 # task's verifier gives each a reward. Then one GRPO update per rollout.
 
 # %%
-import minirl
 from minirl.rl.grpo import GRPO, GRPOConfig
 from minirl.rl.rollout import sample_rollout
 from minirl.train import TrainConfig, train

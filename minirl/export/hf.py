@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 from safetensors.numpy import load_file, save_file
+
+from minirl.checkpoint import atomic_write, atomic_write_text
 
 DTYPES = {"fp32": (np.float32, "float32"), "bf16": (ml_dtypes.bfloat16, "bfloat16")}
 """Export dtype name -> (numpy storage dtype, Hugging Face torch_dtype string)."""
@@ -46,28 +47,9 @@ HEAD_NAMES = ("value_head.weight", "score.weight")
 """minirl-only heads, written to `minirl_heads.safetensors` instead of model.safetensors."""
 
 
-# ------------------------------------------------------------ atomic writes
-def write_atomic(path: str | os.PathLike, write) -> None:
-    """Call `write(tmp_path)` on a temporary file next to `path`, then move it onto `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_json(path: str | os.PathLike, obj) -> None:
     """JSON, indented, written atomically."""
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-    write_atomic(path, write)
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 # ------------------------------------------------------------------ export
@@ -156,10 +138,10 @@ def export_hf(model, out_dir: str | os.PathLike, dtype: str = "fp32", tokenizer=
     lm, heads = {}, {}
     for name, p in model.named_parameters():
         (heads if name in HEAD_NAMES else lm)[name] = np.ascontiguousarray(p.data.astype(np_dtype))
-    write_atomic(out_dir / "model.safetensors", lambda tmp: save_file(lm, tmp, metadata={"format": "pt"}))
+    atomic_write(out_dir / "model.safetensors", lambda tmp: save_file(lm, tmp, metadata={"format": "pt"}))
     heads_path = out_dir / "minirl_heads.safetensors"
     if heads:
-        write_atomic(heads_path, lambda tmp: save_file(heads, tmp, metadata={
+        atomic_write(heads_path, lambda tmp: save_file(heads, tmp, metadata={
             "format": "pt", "note": "minirl value/reward heads; not part of LlamaForCausalLM"}))
     elif heads_path.exists():
         heads_path.unlink()  # a stale file from an earlier export of another model

@@ -31,7 +31,8 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
-from minirl.export.hf import write_atomic, write_json
+from minirl.checkpoint import atomic_write
+from minirl.export.hf import write_json
 from minirl.model import TransformerConfig
 
 
@@ -259,7 +260,7 @@ def export_torch(model, out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = to_torch(model).state_dict()
-    write_atomic(out_dir / "model.pt", lambda tmp: torch.save(state, tmp))
+    atomic_write(out_dir / "model.pt", lambda tmp: torch.save(state, tmp))
     write_json(out_dir / "config.json", model.config.to_dict())
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None:
