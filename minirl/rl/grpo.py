@@ -41,8 +41,8 @@ class GRPOConfig:
 
     task: str = "add"
     """Task whose verifier gives the reward."""
-    num_prompts: int = 16
-    """Prompts per rollout batch."""
+    num_prompts: int = 32
+    """Prompts per rollout batch (x num_generations = sequences per step)."""
     num_generations: int = 8
     """G: completions sampled per prompt (the group)."""
     temperature: float = 1.0
