@@ -1,6 +1,6 @@
 """minirl vs the identical model in PyTorch eager, same weights, same thread count, one run.
 
-    python benchmarks/bench_model.py [--threads 2] [--batch 64] [--seq 24] [--steps 10] [--config default]
+    python benchmarks/bench_model.py [--threads 1] [--batch 64] [--seq 24] [--steps 10] [--config default]
 
 Two workloads, each timed as the median of --steps repeats after warm-up (minirl and torch
 repeats alternate, so both see the same machine load):
@@ -26,7 +26,7 @@ import sys
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--threads", type=int, default=2, help="BLAS threads for NumPy and torch.set_num_threads (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads for NumPy and torch.set_num_threads (default 1, minirl's own default)")
     p.add_argument("--batch", type=int, default=64, help="training batch size (default 64)")
     p.add_argument("--seq", type=int, default=24, help="training sequence length (default 24)")
     p.add_argument("--steps", type=int, default=10, help="timed repeats per measurement; the median is reported")
@@ -42,7 +42,7 @@ def parse_args():
 
 
 PRESETS = {
-    "default": {},  # TransformerConfig(): vocab 48, hidden 64, 4 layers, 4 heads, intermediate 176
+    "default": {},  # TransformerConfig(): vocab 52, hidden 64, 4 layers, 4 heads, intermediate 176
     "gqa": dict(num_key_value_heads=2),
     "wide": dict(hidden_size=128, intermediate_size=352, num_attention_heads=8, num_key_value_heads=8),
     "tiny": dict(hidden_size=32, intermediate_size=88, num_hidden_layers=2),

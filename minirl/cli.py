@@ -131,9 +131,9 @@ def run_sft(init, out, as_json, progress, **kw):
 
 RL_TRAIN_DEFAULTS = {
     "grpo": dict(steps=150, lr=2e-4, schedule="constant", grad_clip=1.0),
-    "ppo": dict(steps=60, lr=2e-4, schedule="constant", grad_clip=1.0),
-    "reinforce": dict(steps=60, lr=2e-4, schedule="constant", grad_clip=1.0),
-    "rloo": dict(steps=60, lr=2e-4, schedule="constant", grad_clip=1.0),
+    "ppo": dict(steps=250, lr=1e-4, schedule="constant", grad_clip=1.0),
+    "reinforce": dict(steps=150, lr=2e-4, schedule="constant", grad_clip=1.0),
+    "rloo": dict(steps=150, lr=2e-4, schedule="constant", grad_clip=1.0),
 }
 """Per-algorithm defaults of the shared training options (the rest are TrainConfig's)."""
 

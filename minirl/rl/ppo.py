@@ -69,7 +69,7 @@ class PPOConfig:
 
     task: str = "add"
     """Task whose verifier gives the reward."""
-    num_prompts: int = 16
+    num_prompts: int = 32
     """Prompts per rollout batch."""
     num_generations: int = 4
     """Completions sampled per prompt."""
@@ -93,9 +93,9 @@ class PPOConfig:
     """Half-width of the value clipping when clip_vloss (TRL's cliprange_value)."""
     ent_coef: float = 0.0
     """Weight of the entropy bonus (entropy is logged either way)."""
-    update_epochs: int = 4
+    update_epochs: int = 2
     """Passes over each rollout batch (TRL's ppo_epochs)."""
-    num_minibatches: int = 4
+    num_minibatches: int = 1
     """Minibatches per pass; updates per batch = update_epochs * num_minibatches."""
     kl_coef: float = 0.05
     """β: weight of the per-token KL penalty in the reward (initial value when adaptive)."""
