@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 from rich.console import Console
 
+from minirl.model import TransformerConfig
 from minirl.options import build, dataclass_options
+from minirl.rl.sft import PretrainConfig, SFTConfig
+from minirl.train import TrainConfig
 
 console = Console(stderr=True)
 
@@ -84,9 +86,6 @@ def main():
 
 
 # ------------------------------------------------------------------ pretrain
-from minirl.model import TransformerConfig  # noqa: E402
-from minirl.rl.sft import PretrainConfig, SFTConfig  # noqa: E402
-from minirl.train import TrainConfig  # noqa: E402
 
 PRETRAIN_MIXTURE = dict(weights=(4.0, 1.0, 1.0, 1.0, 1.0, 1.0))
 """The shipped base model's mixture: addition, the hardest task, four times as often as each other task."""

@@ -15,8 +15,10 @@ from minirl.checkpoint import RunDir
 from minirl.evaluate import benchmark
 from minirl.loading import load
 from minirl.model import Transformer, TransformerConfig
+from minirl.precision import get_policy
+from minirl.rl import make_algorithm
 from minirl.rl.sft import SFT, Pretrain, PretrainConfig, SFTConfig
-from minirl.tasks import CharTokenizer
+from minirl.tasks import TASKS, CharTokenizer
 from minirl.train import TrainConfig, train
 
 BENCH_N = 200
@@ -30,6 +32,11 @@ def new_run_dir(out: str | Path | None, kind: str) -> RunDir:
         raise FileExistsError(f"run directory {path} already exists and is not empty; choose another --out")
     path.mkdir(parents=True, exist_ok=True)
     return RunDir(path)
+
+
+def _storage_dtype(precision: str) -> str:
+    """Checkpoint dtype that keeps a run's stored weights exactly (bf16 runs save bf16, others fp32)."""
+    return "bf16" if precision in ("bf16", "pure_bf16") else "fp32"
 
 
 def _config_dict(**configs) -> dict:
@@ -47,7 +54,7 @@ def pretrain(model_cfg: TransformerConfig, data_cfg: PretrainConfig, train_cfg: 
     run.write_config(_config_dict(command="pretrain", model=model_cfg, data=data_cfg, train=train_cfg))
     model = Transformer(model_cfg, seed=train_cfg.seed, tokenizer=tok)
     result = train(model, Pretrain(data_cfg, tok), train_cfg, run=run, progress=progress)
-    run.save_model("final", model, "bf16" if train_cfg.precision != "fp32" else "fp32")
+    run.save_model("final", model, _storage_dtype(train_cfg.precision))
     report = {
         "command": "pretrain", "seed": train_cfg.seed, "steps": len(result.history),
         "interrupted": result.interrupted, "wall_seconds": result.wall_seconds,
@@ -70,7 +77,7 @@ def sft(init, data_cfg: SFTConfig, train_cfg: TrainConfig, out=None, progress: b
     before = benchmark(model, tasks, n=bench_n)
     start = time.perf_counter()
     result = train(model, SFT(data_cfg, model.tokenizer), train_cfg, run=run, progress=progress)
-    run.save_model("final", model, "bf16" if train_cfg.precision != "fp32" else "fp32")
+    run.save_model("final", model, _storage_dtype(train_cfg.precision))
     report = {
         "command": "run sft", "init": str(init), "seed": train_cfg.seed, "steps": len(result.history),
         "interrupted": result.interrupted, "wall_seconds": time.perf_counter() - start,
@@ -144,11 +151,8 @@ def final_kl(policy, ref, task: str, seed: int, n: int = 256, temperature: float
 
 
 def rl(algo_name: str, algo_cfg, train_cfg: TrainConfig, init="sft", out=None, progress: bool = True,
-       bench_n: int | None = None, report: bool = True) -> dict:
+       bench_n: int | None = None) -> dict:
     """An RL run from `init`: before/after accuracy on every task, KL, and what the update did to the weights."""
-    from minirl.rl import make_algorithm
-    from minirl.tasks import TASKS
-
     bench_n = BENCH_N if bench_n is None else bench_n
     needs_value = algo_name == "ppo"
     policy = load(init, value_head=needs_value)
@@ -156,18 +160,16 @@ def rl(algo_name: str, algo_cfg, train_cfg: TrainConfig, init="sft", out=None, p
     run = new_run_dir(out, algo_name)
     run.write_config(_config_dict(command=f"run {algo_name}", init=str(init), algo=algo_cfg, train=train_cfg))
     algo = make_algorithm(algo_name, algo_cfg, ref)
-    from minirl.precision import get_policy
-
     store = get_policy(train_cfg.precision)
     theta0 = {k: store.store(v) for k, v in policy.state_dict().items()}  # θ0 as stored under the policy
     regime = relative_step(train_cfg.lr, policy)
     tasks = list(TASKS)
     before = benchmark(policy, tasks, n=bench_n)
     result = train(policy, algo, train_cfg, run=run, progress=progress)
-    run.save_model("final", policy, "fp32" if train_cfg.precision == "fp32" else "bf16")
+    run.save_model("final", policy, _storage_dtype(train_cfg.precision))
     after = benchmark(policy, tasks, n=bench_n)
     task = algo_cfg.task
-    out = {
+    report = {
         "algorithm": algo_name, "task": task, "init": str(init), "seed": train_cfg.seed,
         "steps": len(result.history), "interrupted": result.interrupted, "precision": train_cfg.precision,
         "wall_seconds": result.wall_seconds,
@@ -181,6 +183,6 @@ def rl(algo_name: str, algo_cfg, train_cfg: TrainConfig, init="sft", out=None, p
         "checkpoint": str(run.checkpoint_path("final")),
         "run_dir": str(run.path),
     }
-    out.update(update_analysis(theta0, policy.state_dict(), train_cfg.precision))
-    run.write_json("report", out)
-    return out
+    report.update(update_analysis(theta0, policy.state_dict(), train_cfg.precision))
+    run.write_json("report", report)
+    return report

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from minirl.optim import AdamW, LRSchedule, clip_grad_norm
-from minirl.precision import POLICY_NAMES, get_policy
+from minirl.precision import POLICY_NAMES
 from minirl.rl.rollout import RewardError
 
 

@@ -108,6 +108,27 @@ def test_nan_loss_stops_before_the_step_and_keeps_the_last_checkpoint(tmp_path, 
     assert states_equal(last.state_dict(), snapshots[1])
 
 
+def test_nan_reward_stops_the_run_naming_the_step_and_keeps_the_last_good_weights(tmp_path, monkeypatch):
+    from minirl.rl.grpo import GRPO, GRPOConfig
+    from minirl.tasks import get_task
+
+    model, snapshots = tiny_model(), {}
+    rundir = RunDir(tmp_path / "run")
+    task_class = type(get_task("add"))
+
+    def poison_from_step_1(step, metrics):
+        snapshots[step] = model.state_dict()
+        monkeypatch.setattr(task_class, "verify", lambda self, prompt, completion: float("nan"))
+
+    with pytest.raises(TrainingError, match=r"step 1: reward of sequence 0 is nan.*last good weights saved"):
+        run(model, GRPO(GRPOConfig(num_prompts=2, num_generations=2)), steps=3, run=rundir,
+            on_step=poison_from_step_1)
+    assert sorted(snapshots) == [0]
+    assert states_equal(model.state_dict(), snapshots[0])  # the NaN rollout changed nothing
+    assert len(rundir.read_metrics()) == 1
+    assert states_equal(minirl.load(rundir.checkpoint_path("last")).state_dict(), snapshots[0])
+
+
 def test_inf_gradient_names_the_parameter():
     name = "model.layers.1.mlp.up_proj.weight"
     model, snapshots = tiny_model(), {}
