@@ -137,7 +137,7 @@ RL_TRAIN_DEFAULTS = {
 """Per-algorithm defaults of the shared training options (the rest are TrainConfig's)."""
 
 
-def _rl_command(name: str, config_cls):
+def _rl_command(name: str, config_cls, summary: str):
     @click.option("--init", default="sft", show_default=True, help="Policy (and reference) to start from: sft, base, or a checkpoint path.")
     @click.option("--report/--no-report", "show_report", default=True, show_default=True,
                   help="Print the full report (accuracy, alignment tax, KL, sparsity, rank, paper numbers).")
@@ -155,8 +155,11 @@ def _rl_command(name: str, config_cls):
         else:
             render(report, detail=show_report)
 
-    command.__doc__ = f"""{name.upper()} on the shipped SFT model (or --init), then the update-sparsity report.
+    command.__doc__ = f"""{summary}
 
+    Trains the shipped SFT model (or --init) on the task's verifier reward,
+    then reports accuracy before/after on every task (the alignment tax), KL
+    to the reference, and the update's sparsity and rank beside the paper's.
     Every run directory holds config.json, metrics.jsonl, checkpoints/final and
     report.json; `minirl report DIR` re-renders the report."""
     return run.command(name)(command)
@@ -165,8 +168,8 @@ def _rl_command(name: str, config_cls):
 def _register_rl_commands():
     from minirl.rl import algorithms
 
-    for name, (config_cls, _) in algorithms().items():
-        _rl_command(name, config_cls)
+    for name, (config_cls, algo_cls) in algorithms().items():
+        _rl_command(name, config_cls, (algo_cls.__doc__ or name.upper()).strip().splitlines()[0])
 
 
 _register_rl_commands()

@@ -58,6 +58,19 @@ class _Typed(click.ParamType):
             self.fail(f"{value!r} is not a valid {ann.replace('|', ' | ')}", param, ctx)
 
 
+def _metavar(annotation: str) -> str:
+    """How an option's value is written: INT, FLOAT|none, A,B,... for tuples."""
+    ann = annotation.replace(" ", "")
+    optional = ann.endswith("|None")
+    base = ann[:-5] if optional else ann
+    if base.startswith("tuple["):
+        item = "X" if "float" in base else "N" if "int" in base else "NAME"
+        meta = f"{item},{item}" if "..." not in base else f"{item},..."
+    else:
+        meta = {"int": "INT", "float": "FLOAT", "str": "TEXT"}.get(base, base.upper())
+    return meta + ("|none" if optional else "")
+
+
 def _show(default) -> str | None:
     if isinstance(default, tuple):
         return ",".join(str(v) for v in default)
@@ -81,7 +94,7 @@ def dataclass_options(cls, defaults: dict | None = None, exclude: tuple = ()):
                                   help=help_text)(fn)
             else:
                 fn = click.option(flag, f.name, type=_Typed(str(f.type)), default=_show(default),
-                                  show_default=True, help=help_text)(fn)
+                                  metavar=_metavar(str(f.type)), show_default=True, help=help_text)(fn)
         return fn
 
     return decorate
