@@ -2,7 +2,7 @@
 
 Every number shown is read from report.json, which the run measured; the
 paper's numbers come from the report's `paper` section (quoted from
-PAPERS.md). `minirl report DIR` re-renders a finished run.
+docs/PAPERS.md). `minirl report DIR` re-renders a finished run.
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ def _paper_table(r: dict) -> Table:
     for col in ("quantity", "paper", "minirl (this run)"):
         t.add_column(col)
     t.add_row("RL update sparsity (bf16, tol 1e-5)", paper["sparsity_range"], pct(sp["overall"]))
-    t.add_row(f"  {paper['sparsity_grpo_note']}", f"{paper['sparsity_grpo']} %", pct(sp["overall"]))
+    same = paper.get("sparsity_by_algorithm", {}).get(r["algorithm"])
+    if same:  # the paper's row for the same algorithm (REINFORCE and RLOO are not in its Table 1)
+        t.add_row(f"  {same[1]}", f"{same[0]} %", pct(sp["overall"]))
     t.add_row("  bitwise (Path Not Taken's rule)", "-", pct(sp["bitwise"]))
     if "fp32_exact" in sp:
         t.add_row("  fp32 storage, exact equality", "dense ('infinite precision', footnote 5)", pct(sp["fp32_exact"]))

@@ -92,14 +92,16 @@ def sft(init, data_cfg: SFTConfig, train_cfg: TrainConfig, out=None, progress: b
 # ------------------------------------------------------------------------ RL
 PAPER = {
     "sparsity_range": "68.5 % to 96.0 % (Table 1, 7 algorithms, 10 models)",
-    "sparsity_grpo": 68.5,
-    "sparsity_grpo_note": "GRPO, DeepSeek-Math-7B (Table 1)",
+    "sparsity_by_algorithm": {
+        "grpo": [68.5, "GRPO, DeepSeek-Math-7B (Table 1)"],
+        "ppo": [80.8, "PPO, Mistral-7B (Table 1)"],
+    },
     "sparsity_kl": "GRPO 69.8 % with KL, 68.8 % without",
     "sft_sparsity": "6 % to 15 %",
     "rank_range": "99.2 % to 99.8 % of full rank (mean over matrices)",
     "tol": 1e-5,
 }
-"""Paper 1's headline numbers (PAPERS.md, arXiv 2505.11711), printed beside minirl's."""
+"""Paper 1's headline numbers (docs/PAPERS.md, arXiv 2505.11711), printed beside minirl's."""
 
 
 def update_analysis(theta0: dict, theta1: dict, precision: str, ignore=("value_head.weight", "score.weight")) -> dict:
@@ -125,7 +127,7 @@ def update_analysis(theta0: dict, theta1: dict, precision: str, ignore=("value_h
 
 
 def relative_step(lr: float, model) -> dict:
-    """lr / rms(w) over the 2-D weight matrices: the regime knob of PAPERS.md's scale matching."""
+    """lr / rms(w) over the 2-D weight matrices: the regime knob of docs/PAPERS.md's scale matching."""
     import numpy as np
 
     mats = [p.data for name, p in model.named_parameters() if p.ndim == 2 and "value_head" not in name]
