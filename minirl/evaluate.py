@@ -13,11 +13,7 @@ def complete(model, prompts: list[str], max_new_tokens: int, greedy: bool = True
     tok = model.tokenizer
     ids = [[tok.bos_id] + tok.encode(p) for p in prompts]
     gen = model.generate(ids, max_new_tokens, rng=rng, temperature=temperature, top_k=top_k, greedy=greedy)
-    out = []
-    for row, mask in zip(gen.completions, gen.completion_mask):
-        row = row[mask > 0]
-        out.append(tok.decode(row[row != tok.eos_id]))
-    return out
+    return gen.texts(tok)
 
 
 def benchmark(model, tasks=None, n: int = 200, seed: int = 1234, prompt_format: str = "chat") -> dict[str, float]:

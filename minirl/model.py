@@ -264,6 +264,14 @@ class Generation:
     def completions(self) -> np.ndarray:
         return self.tokens[:, self.prompt_len:]
 
+    def texts(self, tokenizer) -> list[str]:
+        """Each completion decoded, cut at its first eos."""
+        out = []
+        for row in self.completions:
+            ends = np.flatnonzero(row == tokenizer.eos_id)
+            out.append(tokenizer.decode(row[:ends[0]] if ends.size else row))
+        return out
+
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Left-pad id lists to one length: tokens (B, P) and mask (B, P)."""

@@ -140,13 +140,10 @@ def final_kl(policy, ref, task: str, seed: int, n: int = 256, temperature: float
     import numpy as np
 
     from minirl.rl.kl import k1, k3
-    from minirl.rl.rollout import completion_logprobs, reference_logprobs, sample_rollout
-    from minirl.tensor import no_grad
+    from minirl.rl.rollout import frozen_logprobs, sample_rollout
 
     rollout = sample_rollout(policy, task, np.random.default_rng([seed, 7]), n, 1, temperature=temperature)
-    with no_grad():
-        logp = completion_logprobs(policy, rollout.tokens, rollout.attention_mask, rollout.prompt_len, temperature).data
-    ref_logp = reference_logprobs(ref, rollout, temperature)
+    logp, ref_logp = frozen_logprobs(policy, rollout, temperature), frozen_logprobs(ref, rollout, temperature)
     m = rollout.completion_mask
     return {"k1": float((k1(logp, ref_logp) * m).sum(1).mean()), "k3": float((k3(logp, ref_logp) * m).sum(1).mean()),
             "n": n}

@@ -390,8 +390,8 @@ assert np.all(policy.value_head.weight.data == 0)
 
 peek = sample_rollout(policy, "add", np.random.default_rng(0), num_prompts=2, group_size=2)
 with no_grad():
-    peek_logp, peek_values, h = logprobs_and_values(policy, peek, temperature=1.0)  # one trunk forward
-print(f"hidden states {h.shape}; log-probs {peek_logp.shape} and values {peek_values.shape} from them")
+    peek_logp, peek_values, logits = logprobs_and_values(policy, peek, temperature=1.0)  # one trunk forward
+print(f"logits {logits.shape}; log-probs {peek_logp.shape} and values {peek_values.shape} from the same forward")
 print("values of a fresh head:", peek_values.data[0])
 assert peek_logp.shape == peek_values.shape == peek.completion_mask.shape
 assert np.all(peek_values.data == 0)

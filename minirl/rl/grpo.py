@@ -30,9 +30,8 @@ import numpy as np
 
 from minirl.rl.advantages import SCALE_REWARDS, group_advantages
 from minirl.rl.losses import LOSS_TYPES, grpo_loss
-from minirl.rl.rollout import Rollout, completion_logprobs, reference_logprobs, sample_rollout
+from minirl.rl.rollout import Rollout, completion_logprobs, frozen_logprobs, sample_rollout
 from minirl.tasks import resolve_task
-from minirl.tensor import no_grad
 
 
 @dataclass
@@ -101,11 +100,9 @@ class GRPO:
                                  c.max_new_tokens, c.temperature, reward=c.reward)
         rollout.extra["advantages"] = group_advantages(rollout.rewards, c.num_generations, c.scale_rewards)
         if c.num_iterations > 1:  # π_old must stay fixed across the μ updates
-            with no_grad():
-                rollout.extra["old_logp"] = completion_logprobs(
-                    policy, rollout.tokens, rollout.attention_mask, rollout.prompt_len, c.temperature).data
+            rollout.extra["old_logp"] = frozen_logprobs(policy, rollout, c.temperature)
         if c.beta > 0:
-            rollout.extra["ref_logp"] = reference_logprobs(self.ref_model, rollout, c.temperature)
+            rollout.extra["ref_logp"] = frozen_logprobs(self.ref_model, rollout, c.temperature)
         return rollout
 
     def minibatches(self, rollout: Rollout, rng: np.random.Generator):

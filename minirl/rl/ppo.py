@@ -56,7 +56,7 @@ import numpy as np
 
 from minirl.rl.advantages import gae, whiten
 from minirl.rl.losses import entropy_bonus, ppo_policy_loss, ppo_value_loss
-from minirl.rl.rollout import Rollout, completion_logprobs, minibatch_indices, reference_logprobs, sample_rollout, take
+from minirl.rl.rollout import Rollout, completion_logits, completion_logprobs, minibatch_indices, frozen_logprobs, sample_rollout, take
 from minirl.tasks import resolve_task
 from minirl.tensor import Tensor, no_grad
 
@@ -165,18 +165,13 @@ class FixedKLController:
 
 
 def logprobs_and_values(policy, rollout: Rollout, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
-    """One trunk forward: log π(y_t | prompt, y_<t) and V(prompt + y_<t), both (B, N), and the hidden states h."""
+    """One trunk forward: log π(y_t | prompt, y_<t) and V(prompt + y_<t), both (B, N), and the logits (B, N, V)."""
     P = rollout.prompt_len
     h = policy.hidden_states(rollout.tokens, rollout.attention_mask)  # (B, P + N, C)
-    logp = completion_logprobs(policy, rollout.tokens, rollout.attention_mask, P, temperature, hidden=h)  # (B, N)
+    logits = completion_logits(policy, h, P, temperature)  # (B, N, V) at the sampling temperature
+    logp = completion_logprobs(policy, rollout.tokens, rollout.attention_mask, P, temperature, logits=logits)
     values = policy.values(h[:, P - 1:-1])  # (B, N): position P - 1 + t is the state before token t
-    return logp, values, h
-
-
-def completion_entropy(policy, h: Tensor, prompt_len: int, temperature: float, mask: np.ndarray) -> Tensor:
-    """Masked mean entropy of π(. | prompt, y_<t) at the sampling temperature, from the hidden states h."""
-    logits = policy.logits(h[:, prompt_len - 1:-1]) * (1.0 / temperature)  # (B, N, V)
-    return entropy_bonus(logits, mask)
+    return logp, values, logits
 
 
 def explained_variance(values: np.ndarray, returns: np.ndarray, mask: np.ndarray) -> float:
@@ -218,7 +213,7 @@ class PPO:
         old_logp, values = old_logp.data, values.data * mask  # (B, N) each
         k1 = np.zeros_like(mask)  # (B, N); no reference (kl_coef = 0): no penalty, and no KL to log
         if self.ref_model is not None:
-            ref_logp = reference_logprobs(self.ref_model, rollout, c.temperature)
+            ref_logp = frozen_logprobs(self.ref_model, rollout, c.temperature)
             k1 = (old_logp - ref_logp) * mask
 
         # 3) per-token rewards: the KL penalty everywhere, the task reward on the last completion token
@@ -259,7 +254,7 @@ class PPO:
         """pg_loss + vf_coef * v_loss - ent_coef * entropy, from one trunk forward."""
         c = self.config
         mb_mask = mb.completion_mask
-        mb_logp, mb_values, h = logprobs_and_values(policy, mb, c.temperature)  # (b, N) each, on the tape
+        mb_logp, mb_values, logits = logprobs_and_values(policy, mb, c.temperature)  # (b, N) each, on the tape
         pg_loss, pg_stats = ppo_policy_loss(mb_logp, mb.extra["old_logp"], mb.extra["advantages"], mb_mask,
                                             clip_coef=c.clip_coef)
         v_loss, v_stats = ppo_value_loss(mb_values, mb.extra["values"], mb.extra["returns"], mb_mask,
@@ -267,9 +262,9 @@ class PPO:
         loss = pg_loss + c.vf_coef * v_loss
         # the entropy of the sampling distribution is always logged, but on the tape only when it is in the loss
         if c.ent_coef > 0:
-            entropy = completion_entropy(policy, h, mb.prompt_len, c.temperature, mb_mask)
+            entropy = entropy_bonus(logits, mb_mask)
             loss = loss - c.ent_coef * entropy
         else:
             with no_grad():
-                entropy = completion_entropy(policy, h, mb.prompt_len, c.temperature, mb_mask)
+                entropy = entropy_bonus(logits, mb_mask)
         return loss, {**pg_stats, **v_stats, "entropy": float(entropy.data)}

@@ -43,7 +43,7 @@ import numpy as np
 
 from minirl.rl.advantages import rloo_advantages, whiten
 from minirl.rl.losses import kl_regularised_reward, reinforce_loss
-from minirl.rl.rollout import Rollout, completion_logprobs, reference_logprobs, sample_rollout
+from minirl.rl.rollout import Rollout, completion_logprobs, frozen_logprobs, sample_rollout
 from minirl.tasks import resolve_task
 
 BASELINES = ("none", "mean")
@@ -129,7 +129,7 @@ class Reinforce:
         # 1) the regularised reward R = (1 - β) r - β sum_t k1_t, a constant per sequence
         kl = np.zeros(len(rollout.rewards))  # (B,)
         if c.beta > 0:
-            ref_logp = reference_logprobs(self.ref_model, rollout, c.temperature)  # (B, N)
+            ref_logp = frozen_logprobs(self.ref_model, rollout, c.temperature)  # (B, N)
             kl = ((rollout.sample_logp - ref_logp) * rollout.completion_mask).sum(axis=1)
             rollout.stats["kl"] = float(kl.mean())
         regularised = kl_regularised_reward(rollout.rewards, kl, c.beta)  # (B,)

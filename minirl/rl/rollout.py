@@ -55,20 +55,24 @@ class Rollout:
         return self.tokens[:, self.prompt_len:]
 
 
+def completion_logits(model, hidden: Tensor, prompt_len: int, temperature: float = 1.0) -> Tensor:
+    """Logits that predict each completion token, at the sampling temperature: (B, P+N, C) -> (B, N, V)."""
+    logits = model.logits(hidden[:, prompt_len - 1:-1])  # position t predicts token t+1
+    return logits if temperature == 1.0 else logits * (1.0 / temperature)
+
+
 def completion_logprobs(model, tokens: np.ndarray, attention_mask: np.ndarray, prompt_len: int,
-                        temperature: float = 1.0, hidden=None) -> Tensor:
+                        temperature: float = 1.0, logits: Tensor | None = None) -> Tensor:
     """log π(completion token | prefix) for every completion position: (B, P+N) -> (B, N), on the tape."""
-    h = model.hidden_states(tokens, attention_mask) if hidden is None else hidden
-    logits = model.logits(h[:, prompt_len - 1:-1])  # (B, N, V): position t predicts token t+1
-    if temperature != 1.0:
-        logits = logits * (1.0 / temperature)
+    if logits is None:
+        logits = completion_logits(model, model.hidden_states(tokens, attention_mask), prompt_len, temperature)
     return F.gather_logprobs(logits, tokens[:, prompt_len:])
 
 
-def reference_logprobs(ref_model, rollout: Rollout, temperature: float = 1.0) -> np.ndarray:
-    """The frozen reference model's log-probs of the rollout's completions (B, N)."""
+def frozen_logprobs(model, rollout: Rollout, temperature: float = 1.0) -> np.ndarray:
+    """Log-probs (B, N) of the rollout's completions under `model`, off the tape (reference, π_old, evaluation)."""
     with no_grad():
-        return completion_logprobs(ref_model, rollout.tokens, rollout.attention_mask,
+        return completion_logprobs(model, rollout.tokens, rollout.attention_mask,
                                    rollout.prompt_len, temperature).data
 
 
@@ -85,10 +89,7 @@ def sample_rollout(policy, task, rng: np.random.Generator, num_prompts: int, gro
     prompts = [encode_chat(tok, ex.prompt)[0] for ex in examples]
     max_new = max_new_tokens or task.max_answer_len + 1  # +1 for eos
     gen = policy.generate(prompts, max_new, rng=rng, temperature=temperature, top_k=top_k)
-    completions = []
-    for row, mask in zip(gen.completions, gen.completion_mask):
-        ids = row[mask > 0]
-        completions.append(tok.decode(ids[ids != tok.eos_id]))
+    completions = gen.texts(tok)
     score = task.reward if reward == "partial" else (lambda p, c: float(task.verify(p, c)))
     rewards = np.array([score(ex.prompt, c) for ex, c in zip(examples, completions)], dtype=np.float64)
     check_rewards(rewards)
