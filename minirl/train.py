@@ -135,10 +135,10 @@ def check_finite(step: int, loss, named_params) -> None:
     """Raise TrainingError naming the step and the first non-finite tensor."""
     value = float(loss.data)
     if not math.isfinite(value):
-        raise TrainingError(f"step {step}: loss is {value}; weights left as they were before this step")
+        raise TrainingError(f"step {step}: loss is {value}; this update was not applied")
     for name, p in named_params:
         if p.grad is not None and not np.isfinite(p.grad).all():
-            raise TrainingError(f"step {step}: gradient of {name} is not finite; weights left as they were before this step")
+            raise TrainingError(f"step {step}: gradient of {name} is not finite; this update was not applied")
 
 
 def train(policy, algo, config: TrainConfig, run=None, optimizer=None, progress: bool = True,
@@ -158,12 +158,48 @@ def train(policy, algo, config: TrainConfig, run=None, optimizer=None, progress:
     rng = np.random.default_rng([config.seed, 1])
     result = TrainResult()
     start = time.perf_counter()
-    bar = _progress(progress, algo.name, config.steps)
+    bar = _progress(progress)
     try:
         with _StopFlag() as stop, bar:
-            _loop(policy, algo, config, run, optimizer, named, schedule, rng, result, stop, bar, on_step)
+            task = bar.add_task(algo.name, total=config.steps) if bar else None
+            for step in range(config.steps):
+                t0 = time.perf_counter()
+                try:
+                    batch = algo.batch(policy, rng, step)
+                except RewardError as e:  # a NaN or infinite reward
+                    raise TrainingError(f"step {step}: {e}") from e
+                minibatches = algo.minibatches(batch, rng) if hasattr(algo, "minibatches") else [batch]
+                stats_sum: dict[str, float] = {}
+                n_updates = 0
+                for mb in minibatches:
+                    loss, stats = algo.loss(policy, mb)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    check_finite(step, loss, named)
+                    grad_norm = clip_grad_norm(optimizer.params, config.grad_clip) if config.grad_clip else float("nan")
+                    optimizer.lr = config.lr * schedule(optimizer.step_count)
+                    optimizer.step()
+                    for k, v in {"loss": float(loss.data), "grad_norm": grad_norm, **stats}.items():
+                        stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
+                    n_updates += 1
+                metrics = {"step": step, "lr": optimizer.lr, "step_seconds": time.perf_counter() - t0}
+                metrics.update({k: v / max(n_updates, 1) for k, v in stats_sum.items()})
+                metrics.update(getattr(batch, "stats", {}) or {})
+                result.history.append(metrics)
+                if run is not None:
+                    run.log(metrics)
+                    if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+                        run.save_model("last", policy, config.precision)
+                if on_step is not None:
+                    on_step(step, metrics)
+                if bar:
+                    shown = {k: metrics[k] for k in ("loss", "reward", "accuracy") if k in metrics}
+                    bar.update(task, advance=1, description=f"{algo.name} " + " ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+                if stop.requested:
+                    result.interrupted = True
+                    break
     except TrainingError as e:
-        # nothing of the failing step was applied: the current weights are the last good ones
+        # nothing of the failing update was applied: the current weights are the last good ones
         if run is not None:
             path = run.save_model("last", policy, config.precision)
             e.args = (f"{e.args[0] if e.args else e}; last good weights saved to {path}",) + e.args[1:]
@@ -174,48 +210,7 @@ def train(policy, algo, config: TrainConfig, run=None, optimizer=None, progress:
     return result
 
 
-def _loop(policy, algo, config, run, optimizer, named, schedule, rng, result, stop, bar, on_step) -> None:
-    """The steps of `train`, separated so failures can be handled in one place."""
-    task = bar.add_task(algo.name, total=config.steps) if bar else None
-    for step in range(config.steps):
-        t0 = time.perf_counter()
-        try:
-            batch = algo.batch(policy, rng, step)
-        except RewardError as e:  # a NaN or infinite reward
-            raise TrainingError(f"step {step}: {e}") from e
-        minibatches = algo.minibatches(batch, rng) if hasattr(algo, "minibatches") else [batch]
-        stats_sum: dict[str, float] = {}
-        n_updates = 0
-        for mb in minibatches:
-            loss, stats = algo.loss(policy, mb)
-            optimizer.zero_grad()
-            loss.backward()
-            check_finite(step, loss, named)
-            grad_norm = clip_grad_norm(optimizer.params, config.grad_clip) if config.grad_clip else float("nan")
-            optimizer.lr = config.lr * schedule(optimizer.step_count)
-            optimizer.step()
-            for k, v in {"loss": float(loss.data), "grad_norm": grad_norm, **stats}.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
-            n_updates += 1
-        metrics = {"step": step, "lr": optimizer.lr, "step_seconds": time.perf_counter() - t0}
-        metrics.update({k: v / max(n_updates, 1) for k, v in stats_sum.items()})
-        metrics.update(getattr(batch, "stats", {}) or {})
-        result.history.append(metrics)
-        if run is not None:
-            run.log(metrics)
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-                run.save_model("last", policy, config.precision)
-        if on_step is not None:
-            on_step(step, metrics)
-        if bar:
-            shown = {k: metrics[k] for k in ("loss", "reward", "accuracy") if k in metrics}
-            bar.update(task, advance=1, description=f"{algo.name} " + " ".join(f"{k} {v:.3f}" for k, v in shown.items()))
-        if stop.requested:
-            result.interrupted = True
-            break
-
-
-def _progress(enabled: bool, name: str, total: int):
+def _progress(enabled: bool):
     """A rich progress bar, or a do-nothing context when disabled."""
     if not enabled:
         return _NoBar()
