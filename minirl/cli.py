@@ -123,7 +123,6 @@ def run_sft(init, out, as_json, progress, **kw):
     """Instruction-tune a model on chat-format examples (loss on answers only)."""
     from minirl import runs
 
-    _load_or_fail(init, "--init")
     report = _guard(runs.sft, init, build(SFTConfig, kw), build(TrainConfig, kw), out, progress)
     _emit(report, as_json, _render_accuracy_report)
 
@@ -148,7 +147,6 @@ def _rl_command(name: str, config_cls, summary: str):
         from minirl import runs
         from minirl.report import render
 
-        _load_or_fail(init, "--init")
         report = _guard(runs.rl, name, build(config_cls, kw), build(TrainConfig, kw), init, out, progress)
         if as_json:
             click.echo(json.dumps(report, indent=2, default=str))

@@ -209,6 +209,13 @@ def test_eval_of_a_missing_checkpoint_is_a_usage_error():
     assert "/does/not/exist" in usage_error("eval", "/does/not/exist")
 
 
+@pytest.mark.parametrize("command", [["run", "sft"], ["run", "grpo"], ["run", "ppo"]])
+def test_a_missing_init_is_a_usage_error_and_makes_no_run_directory(command, tmp_path):
+    out = tmp_path / "run"
+    assert "/does/not/exist" in usage_error(*command, "--init", "/does/not/exist", "--out", out)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("args, named", [
     (["--epsilon", 0], "GRPOConfig.epsilon"),
     (["--num-generations", 1], "GRPOConfig.num_generations"),
