@@ -93,7 +93,7 @@ def sample_rollout(policy, task, rng: np.random.Generator, num_prompts: int, gro
     score = task.reward if reward == "partial" else (lambda p, c: float(task.verify(p, c)))
     rewards = np.array([score(ex.prompt, c) for ex, c in zip(examples, completions)], dtype=np.float64)
     check_rewards(rewards)
-    correct = np.array([task.verify(ex.prompt, c) for ex, c in zip(examples, completions)])
+    correct = rewards == 1.0  # a task's reward is 1 exactly when its verifier accepts (Task.reward's contract)
     ended = (gen.completions == tok.eos_id).any(axis=1)
     stats = {"reward": float(rewards.mean()), "accuracy": float(correct.mean()),
              "completion_len": float(gen.completion_mask.sum(axis=1).mean()), "eos_rate": float(ended.mean())}
