@@ -34,41 +34,39 @@ def field_docs(cls) -> dict[str, str]:
     return docs
 
 
+def _parse(annotation: str) -> tuple[type, bool, bool, str]:
+    """A field annotation -> (scalar or item type, is a tuple, is optional, its metavar)."""
+    ann = annotation.replace(" ", "")
+    optional = ann.endswith("|None")
+    base = ann[:-5] if optional else ann
+    is_tuple = base.startswith("tuple[")
+    item = float if "float" in base else int if "int" in base else str
+    if is_tuple:
+        name = {float: "X", int: "N", str: "NAME"}[item]
+        meta = f"{name},..." if "..." in base else f"{name},{name}"
+    else:
+        meta = {int: "INT", float: "FLOAT", str: "TEXT"}[item]
+    return item, is_tuple, optional, meta + ("|none" if optional else "")
+
+
 class _Typed(click.ParamType):
     """Parse an option from its annotation: numbers, 'none', comma-separated tuples."""
 
     def __init__(self, annotation: str):
-        self.annotation = annotation.replace(" ", "")
+        self.item, self.is_tuple, self.optional, self.metavar = _parse(annotation)
         self.name = annotation
 
     def convert(self, value, param, ctx):
         if not isinstance(value, str):
             return value
-        ann = self.annotation
-        optional = ann.endswith("|None")
-        base = ann[:-5] if optional else ann
-        if optional and value.strip().lower() in ("none", ""):
+        if self.optional and value.strip().lower() in ("none", ""):
             return None
         try:
-            if base.startswith("tuple["):
-                item = float if "float" in base else int if "int" in base else str
-                return tuple(item(v.strip()) for v in value.split(",") if v.strip())
-            return {"int": int, "float": float, "str": str}.get(base, str)(value)
+            if self.is_tuple:
+                return tuple(self.item(v.strip()) for v in value.split(",") if v.strip())
+            return self.item(value)
         except ValueError:
-            self.fail(f"{value!r} is not a valid {ann.replace('|', ' | ')}", param, ctx)
-
-
-def _metavar(annotation: str) -> str:
-    """How an option's value is written: INT, FLOAT|none, A,B,... for tuples."""
-    ann = annotation.replace(" ", "")
-    optional = ann.endswith("|None")
-    base = ann[:-5] if optional else ann
-    if base.startswith("tuple["):
-        item = "X" if "float" in base else "N" if "int" in base else "NAME"
-        meta = f"{item},{item}" if "..." not in base else f"{item},..."
-    else:
-        meta = {"int": "INT", "float": "FLOAT", "str": "TEXT"}.get(base, base.upper())
-    return meta + ("|none" if optional else "")
+            self.fail(f"{value!r} is not a valid {self.name}", param, ctx)
 
 
 def _show(default) -> str | None:
@@ -93,8 +91,9 @@ def dataclass_options(cls, defaults: dict | None = None, exclude: tuple = ()):
                 fn = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=default, show_default=True,
                                   help=help_text)(fn)
             else:
-                fn = click.option(flag, f.name, type=_Typed(str(f.type)), default=_show(default),
-                                  metavar=_metavar(str(f.type)), show_default=True, help=help_text)(fn)
+                typed = _Typed(str(f.type))
+                fn = click.option(flag, f.name, type=typed, default=_show(default),
+                                  metavar=typed.metavar, show_default=True, help=help_text)(fn)
         return fn
 
     return decorate
