@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minirl.tasks import evaluate
+from minirl.tasks import heldout_accuracy
 
 
 def complete(model, prompts: list[str], max_new_tokens: int, greedy: bool = True,
@@ -18,4 +18,4 @@ def complete(model, prompts: list[str], max_new_tokens: int, greedy: bool = True
 
 def benchmark(model, tasks=None, n: int = 200, seed: int = 1234, prompt_format: str = "chat") -> dict[str, float]:
     """Greedy exact-match accuracy per task on the fixed held-out sets."""
-    return evaluate(lambda prompts, k: complete(model, prompts, k), tasks, n=n, seed=seed, prompt_format=prompt_format)
+    return heldout_accuracy(lambda prompts, k: complete(model, prompts, k), tasks, n=n, seed=seed, prompt_format=prompt_format)

@@ -5,11 +5,11 @@
     tasks.py      add, sort, reverse, copy, max, count; the TASKS registry
     formats.py    raw pretraining lines "347+85=432", chat prompts "Q:347+85\\nA:"
     corpus.py     pretrain_batch, sft_batch, prompt_batch
-    benchmark.py  heldout_set, evaluate
+    heldout.py    heldout_set, heldout_accuracy
 """
 
 from .base import Example, Task
-from .benchmark import evaluate, heldout_set
+from .heldout import heldout_accuracy, heldout_set
 from .corpus import pad_right, pretrain_batch, prompt_batch, sample_examples, sft_batch
 from .formats import MAX_SEQ_LEN, encode_chat, format_pretrain, format_prompt, format_raw_prompt, max_seq_len
 from .tasks import (TASKS, AddTask, CopyTask, CountTask, MaxTask, ReverseTask, SortTask, StringTask, get_task,
@@ -18,7 +18,7 @@ from .tokenizer import ALPHABET, CharTokenizer
 
 __all__ = [
     "ALPHABET", "AddTask", "CharTokenizer", "CopyTask", "CountTask", "Example", "MAX_SEQ_LEN", "MaxTask",
-    "ReverseTask", "SortTask", "StringTask", "TASKS", "Task", "encode_chat", "evaluate", "format_pretrain",
-    "format_prompt", "format_raw_prompt", "get_task", "heldout_set", "max_seq_len", "pad_right",
+    "ReverseTask", "SortTask", "StringTask", "TASKS", "Task", "encode_chat", "format_pretrain",
+    "format_prompt", "format_raw_prompt", "get_task", "heldout_accuracy", "heldout_set", "max_seq_len", "pad_right",
     "pretrain_batch", "prompt_batch", "resolve_task", "sample_examples", "sft_batch",
 ]

@@ -1,4 +1,4 @@
-"""The task benchmark: fixed held-out problems and exact-match accuracy.
+"""The held-out sets: fixed problems per task, and the exact-match accuracy of a text generator on them.
 
 The held-out set of a task is its first `n` samples from a generator seeded by
 (seed, crc32(task name)): the same problems on every machine and every run,
@@ -30,7 +30,7 @@ def heldout_set(task: str | Task, n: int = 200, seed: int = 1234) -> list[Exampl
     return [task.sample(rng) for _ in range(n)]
 
 
-def evaluate(generate_fn: GenerateFn, tasks: Sequence[str | Task] | None = None, n: int = 200,
+def heldout_accuracy(generate_fn: GenerateFn, tasks: Sequence[str | Task] | None = None, n: int = 200,
              seed: int = 1234, prompt_format: str = "chat") -> dict[str, float]:
     """Exact-match accuracy in [0, 1] per task name, one `generate_fn` call per task.
 

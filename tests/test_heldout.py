@@ -1,8 +1,8 @@
-"""Tests of the held-out sets and `evaluate`, with fake generate functions."""
+"""Tests of the held-out sets and `heldout_accuracy`, with fake generate functions."""
 
 import pytest
 
-from minirl.tasks import TASKS, AddTask, SortTask, evaluate, heldout_set
+from minirl.tasks import TASKS, AddTask, SortTask, heldout_accuracy, heldout_set
 
 
 def solve_any(raw_prompt: str) -> str:
@@ -39,17 +39,17 @@ def test_heldout_set_is_fixed():
 
 
 def test_oracle_scores_one_and_constant_scores_zero():
-    assert evaluate(oracle) == {name: 1.0 for name in TASKS}
-    assert evaluate(lambda prompts, k: ["x"] * len(prompts)) == {name: 0.0 for name in TASKS}
+    assert heldout_accuracy(oracle) == {name: 1.0 for name in TASKS}
+    assert heldout_accuracy(lambda prompts, k: ["x"] * len(prompts)) == {name: 0.0 for name in TASKS}
     # exact match: a trailing newline or space is wrong in the chat format
-    assert evaluate(lambda ps, k: [a + " " for a in oracle(ps, k)], tasks=["add"]) == {"add": 0.0}
+    assert heldout_accuracy(lambda ps, k: [a + " " for a in oracle(ps, k)], tasks=["add"]) == {"add": 0.0}
 
 
 def test_half_right_scores_half():
     def half(prompts, max_new_tokens):
         return [a if i % 2 == 0 else a + "0" for i, a in enumerate(oracle(prompts, max_new_tokens))]
-    assert evaluate(half) == {name: 0.5 for name in TASKS}
-    assert evaluate(half, n=10, tasks=["sort"]) == {"sort": 0.5}
+    assert heldout_accuracy(half) == {name: 0.5 for name in TASKS}
+    assert heldout_accuracy(half, n=10, tasks=["sort"]) == {"sort": 0.5}
 
 
 def test_one_batched_call_per_task():
@@ -59,7 +59,7 @@ def test_one_batched_call_per_task():
         calls.append((len(prompts), max_new_tokens))
         return oracle(prompts, max_new_tokens)
 
-    scores = evaluate(recording, tasks=["add", "sort", AddTask(1, 1, name="add1")], n=50)
+    scores = heldout_accuracy(recording, tasks=["add", "sort", AddTask(1, 1, name="add1")], n=50)
     assert scores == {"add": 1.0, "sort": 1.0, "add1": 1.0}
     assert calls == [(50, 5), (50, 7), (50, 3)]  # answer length + 1 for eos
 
@@ -68,13 +68,13 @@ def test_raw_format_for_base_models():
     def raw_oracle(prompts, max_new_tokens):
         assert all(p.endswith("=") for p in prompts)
         return [solve_any(p[:-1]) + "\n347+" for p in prompts]  # runs on to the next line
-    assert evaluate(raw_oracle, prompt_format="raw", n=20) == {name: 1.0 for name in TASKS}
+    assert heldout_accuracy(raw_oracle, prompt_format="raw", n=20) == {name: 1.0 for name in TASKS}
     with pytest.raises(ValueError, match="prompt_format"):
-        evaluate(raw_oracle, prompt_format="json")
+        heldout_accuracy(raw_oracle, prompt_format="json")
 
 
 def test_wrong_number_of_completions_raises():
     with pytest.raises(ValueError, match="returned 1 completions for 200 prompts"):
-        evaluate(lambda prompts, k: ["1"], tasks=["add"])
+        heldout_accuracy(lambda prompts, k: ["1"], tasks=["add"])
     with pytest.raises(ValueError, match="unknown task"):
-        evaluate(oracle, tasks=["mul"])
+        heldout_accuracy(oracle, tasks=["mul"])
