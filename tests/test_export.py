@@ -17,6 +17,11 @@ are compared only between minirl and the mirror.
 One deliberate difference: HF's `nn.Embedding(padding_idx=pad_token_id)` gives
 the pad row no gradient, so the gradient tests feed pad ids only where they
 are masked (where minirl's gradient for them is zero too).
+
+The exported tokenizer: `AutoTokenizer.from_pretrained(export_hf(...))` adds
+bos once, as minirl's sequences start, and its chat template is `encode_chat`;
+with it, transformers' greedy `generate` on the shipped SFT model (left-padded
+prompts, default attention) gives minirl's answers on every task.
 """
 
 import json
@@ -26,14 +31,18 @@ import sys
 import numpy as np
 import pytest
 
+import minirl
 from minirl import functional as F
-from minirl.model import Transformer, TransformerConfig
+from minirl.evaluate import complete
+from minirl.model import Transformer, TransformerConfig, left_pad
+from minirl.tasks import TASKS, encode_chat, format_prompt, heldout_set
 from minirl.tasks.tokenizer import CharTokenizer
 
 torch = pytest.importorskip("torch")
 
 from minirl.export.hf import export_hf, load_hf  # noqa: E402
 from minirl.export.torch import export_torch, import_torch, load_torch, to_torch  # noqa: E402
+from minirl.export.torch_model import greedy_generate  # noqa: E402
 
 TOK = CharTokenizer()
 SMALL = dict(vocab_size=TOK.vocab_size, hidden_size=32, intermediate_size=72, num_hidden_layers=2,
@@ -249,17 +258,6 @@ def test_hf_directory_contents(tmp_path):
     assert all(np.array_equal(a.data, b.data) for a, b in zip(model.parameters(), again.parameters()))
 
 
-def test_hf_tokenizer_encodes_like_minirl(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("tokenizers")
-    out = export_hf(random_model(CONFIGS["mha"]), tmp_path)
-    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    text = "Q:347+85\nA: 432"
-    ids = hf_tok.encode(text, add_special_tokens=False)
-    assert ids == TOK.encode(text)
-    assert hf_tok.decode([TOK.bos_id] + ids + [TOK.eos_id], skip_special_tokens=True) == text
-
-
 def test_bf16_export_is_minirl_rounded(tmp_path):
     import ml_dtypes
     from safetensors import safe_open
@@ -308,6 +306,12 @@ def test_torch_export_round_trip(tmp_path):
 def test_importing_minirl_export_does_not_import_torch():
     code = "import sys, minirl.export, minirl.export.torch; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+    # the mirror's names are reachable from minirl.export.torch, importing torch_model on first access
+    import minirl.export.torch as export_torch_module
+    from minirl.export import torch_model
+    assert export_torch_module.TorchTransformer is torch_model.TorchTransformer
+    assert export_torch_module.greedy_generate is torch_model.greedy_generate
+    assert type(to_torch(random_model(CONFIGS["gqa"]))) is torch_model.TorchTransformer
 
 
 def test_missing_torch_says_how_to_install(monkeypatch):
@@ -316,14 +320,64 @@ def test_missing_torch_says_how_to_install(monkeypatch):
         import_torch()
 
 
+# --------------------------------------------------------------- tokenizer
+def exported_tokenizer(path):
+    """The exported directory's AutoTokenizer (skips without transformers or tokenizers)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    return transformers.AutoTokenizer.from_pretrained(path)
+
+
+def chat_ids(tok, messages, **kwargs) -> list[int]:
+    return tok.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
+
+
+def test_hf_tokenizer_encodes_like_minirl(tmp_path):
+    out = export_hf(random_model(CONFIGS["mha"]), tmp_path)
+    hf_tok = exported_tokenizer(out)
+    text = "Q:347+85\nA: 432"
+    ids = hf_tok(text).input_ids
+    assert ids == [TOK.bos_id] + TOK.encode(text)  # bos exactly once, as minirl's sequences start
+    assert hf_tok.encode(text, add_special_tokens=False) == TOK.encode(text)
+    assert hf_tok.decode(ids + [TOK.eos_id], skip_special_tokens=True) == text
+    assert TOK.decode(ids + [TOK.eos_id]) == text
+    # the tokenizers library alone reads the same post-processor
+    from tokenizers import Tokenizer
+    assert Tokenizer.from_file(str(out / "tokenizer.json")).encode(text).ids == ids
+    # a batch is left-padded as minirl pads its prompts
+    texts = ["Q:1+2\nA:", "Q:sort 3142\nA:"]
+    batch = hf_tok(texts, padding=True)
+    tokens, mask = left_pad([[TOK.bos_id] + TOK.encode(x) for x in texts], TOK.pad_id)
+    assert batch.input_ids == tokens.tolist() and batch.attention_mask == mask.astype(int).tolist()
+
+
+def test_chat_template_is_encode_chat(tmp_path):
+    hf_tok = exported_tokenizer(export_hf(random_model(CONFIGS["mha"]), tmp_path))
+    for task in TASKS:
+        for ex in heldout_set(task, 8):
+            prompt_ids, completion_ids = encode_chat(TOK, ex.prompt, ex.answer)
+            user = [{"role": "user", "content": ex.prompt}]
+            full = user + [{"role": "assistant", "content": ex.answer}]
+            # "A:" is part of minirl's user turn, so add_generation_prompt adds nothing
+            assert chat_ids(hf_tok, user, add_generation_prompt=True) == prompt_ids
+            assert chat_ids(hf_tok, user, add_generation_prompt=False) == prompt_ids
+            assert chat_ids(hf_tok, full) == prompt_ids + completion_ids  # bos once, eos at the end
+            assert chat_ids(hf_tok, full, continue_final_message=True) == prompt_ids + completion_ids[:-1]
+    two_turns = chat_ids(hf_tok, [{"role": "user", "content": "1+2"}, {"role": "assistant", "content": "3"},
+                                  {"role": "user", "content": "max 19"}])
+    assert TOK.decode(two_turns, skip_special=False) == "Q:1+2\nA:3<eos>Q:max 19\nA:"
+    assert two_turns.count(TOK.bos_id) == 1 and two_turns[0] == TOK.bos_id
+    import jinja2
+    with pytest.raises(jinja2.TemplateError, match="alternates user and assistant"):
+        hf_tok.apply_chat_template([{"role": "system", "content": "be brief"}, {"role": "user", "content": "1+2"}])
+
+
 # -------------------------------------------------------------- generation
 def test_greedy_generation_matches_hf(tmp_path):
     # large weights make the greedy choice decisive (checked below), so float noise cannot flip it
     model = random_model(CONFIGS["gqa"], seed=5, scale=0.5)
     hf = load_hf_model(export_hf(model, tmp_path))
     mirror = to_torch(model)
-    from minirl.export.torch import greedy_generate
-
     prompts = ["Q:12+7\nA:", "Q:sort 3142\nA:", "abc"]
     for text in prompts:
         prompt = [TOK.bos_id] + TOK.encode(text)
@@ -345,3 +399,31 @@ def test_greedy_generation_matches_hf(tmp_path):
         by_mirror = tokens[0, len(prompt):][mask[0, len(prompt):]].tolist()
         print(f"{text!r}: minirl {TOK.decode(ours, skip_special=False)!r}")
         assert ours == theirs == by_mirror
+
+
+def test_hf_greedy_answers_equal_minirl_on_every_task(tmp_path):
+    # the shipped SFT model through the exported tokenizer and transformers' generate, prompts left-padded
+    transformers = pytest.importorskip("transformers")
+    model = minirl.load("sft")
+    out = export_hf(model, tmp_path)
+    hf_tok = exported_tokenizer(out)
+    hf = transformers.LlamaForCausalLM.from_pretrained(out)
+    for name, task in TASKS.items():
+        examples = heldout_set(name, 16)
+        problems = [ex.prompt for ex in examples] + (["347+85"] if name == "add" else [])  # the prompt of the bug
+        prompts = [format_prompt(p) for p in problems]
+        ours = complete(model, prompts, task.max_answer_len + 1)
+
+        batch = hf_tok(prompts, padding=True, return_tensors="pt")
+        tokens, mask = left_pad([encode_chat(TOK, p)[0] for p in problems], TOK.pad_id)
+        assert np.array_equal(batch.input_ids.numpy(), tokens) and np.array_equal(batch.attention_mask.numpy(), mask)
+        with torch.no_grad():
+            gen = hf.generate(**batch, do_sample=False, max_new_tokens=task.max_answer_len + 1)
+        theirs = []
+        for row in gen[:, tokens.shape[1]:].tolist():
+            row = row[:row.index(TOK.eos_id)] if TOK.eos_id in row else row
+            theirs.append(hf_tok.decode(row, skip_special_tokens=True))
+        right = sum(a == ex.answer for a, ex in zip(ours, examples))
+        print(f"{name}: {len(prompts)} prompts, {sum(a == b for a, b in zip(ours, theirs))} answers equal, "
+              f"{right}/16 correct; e.g. {prompts[0]!r} -> {theirs[0]!r}")
+        assert theirs == ours

@@ -5,8 +5,9 @@
                                    a LlamaForCausalLM directory (safetensors, config, vocabulary)
 
 Importing this package never imports torch; `minirl.export.torch` imports it
-when first used (pip install minirl[torch]). `export_hf` needs only numpy and
-safetensors.
+when first used (pip install minirl[torch]), with `minirl.export.torch_model`,
+the torch mirror of `minirl.model` class for class. `export_hf` needs only
+numpy and safetensors.
 """
 
 from minirl.export.hf import export_hf, load_hf

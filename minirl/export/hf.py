@@ -17,12 +17,30 @@ and holds:
     minirl_heads.safetensors value head / reward head, if any (Llama has no place for them)
     minirl_config.json       the full TransformerConfig, so `load_hf` rebuilds the exact model
 
-Encoding for the exported model: one id per character, `vocab.json[c]`; a
-sequence starts with bos (id in config.json), and a chat prompt is
-"Q:<problem>\\nA:" (see `minirl.tasks.formats`). `AutoTokenizer.from_pretrained(out_dir)`
-loads `tokenizer.json` when the `tokenizers` library is installed;
-`tok.encode(text, add_special_tokens=False)` then equals `CharTokenizer.encode(text)`
-(prepend bos yourself).
+Encoding for the exported model, the same as minirl's: one id per character,
+`vocab.json[c]`, after a bos. `AutoTokenizer.from_pretrained(out_dir)` (loads
+`tokenizer.json`; needs the `tokenizers` library) adds bos as Llama's tokenizer
+does (`add_bos_token: true`, a TemplateProcessing "<bos> $A" post-processor), so
+
+    tok("Q:347+85\\nA:").input_ids == [bos_id] + CharTokenizer().encode("Q:347+85\\nA:")
+    tok.decode(ids, skip_special_tokens=True)              # the text back
+    tok.encode(text, add_special_tokens=False)             # CharTokenizer.encode(text), no bos
+
+The chat template (tokenizer_config.json `chat_template`) writes minirl's
+chat format (`minirl.tasks.formats`): bos once at the start, a user message as
+"Q:<content>\\nA:", an assistant message as "<content><eos>"; roles alternate
+user, assistant, user, ... and anything else is an error. So
+
+    tok.apply_chat_template([{"role": "user", "content": "347+85"}], tokenize=True)
+        == encode_chat(CharTokenizer(), "347+85")[0]       # [bos] + "Q:347+85\\nA:"
+
+`add_generation_prompt` adds nothing: in minirl's format the "A:" that opens
+the answer belongs to the user turn (the SFT data put it there), so a
+conversation that ends with a user message is always ready for generation,
+with or without the flag. To continue a partial answer, end with an assistant
+message and pass `continue_final_message=True` (its eos is then left off).
+`apply_chat_template` tokenizes the rendered text without special tokens, so
+bos appears once. Left padding (`padding_side`), as minirl pads its prompts.
 
 Writing needs no torch and no transformers; every file is written to a
 temporary name in `out_dir` and moved into place with `os.replace`.
@@ -45,6 +63,19 @@ DTYPES = {"fp32": (np.float32, "float32"), "bf16": (ml_dtypes.bfloat16, "bfloat1
 
 HEAD_NAMES = ("value_head.weight", "score.weight")
 """minirl-only heads, written to `minirl_heads.safetensors` instead of model.safetensors."""
+
+CHAT_TEMPLATE = r"""{{- bos_token -}}
+{%- for message in messages -%}
+    {%- if message['role'] != ['user', 'assistant'][loop.index0 % 2] -%}
+        {{- raise_exception("minirl's chat format alternates user and assistant messages, starting with user") -}}
+    {%- endif -%}
+    {%- if message['role'] == 'user' -%}
+        {{- 'Q:' + message['content'] + '\nA:' -}}
+    {%- else -%}
+        {{- message['content'] + eos_token -}}
+    {%- endif -%}
+{%- endfor -%}"""
+"""minirl's chat format (`minirl.tasks.formats`) in Jinja: <bos> Q:<problem>\\nA: <answer> <eos>."""
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -95,10 +126,12 @@ def tokenizer_files(tokenizer, max_length: int) -> dict[str, dict]:
         "model_max_length": max_length,
         "pad_token": pad, "bos_token": bos, "eos_token": eos,
         "padding_side": "left",
-        "add_bos_token": False, "add_eos_token": False,
+        # as Llama's; tokenizer.json's post-processor is what adds bos (transformers 5 ignores these when it is present)
+        "add_bos_token": True, "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
         "minirl_tokenizer": {"type": "char", "encoding": (
-            "one id per character (vocab.json); prepend bos_token yourself; chat prompts are 'Q:<problem>\\nA:'")},
+            "bos, then one id per character (vocab.json); chat prompts are 'Q:<problem>\\nA:', answers end with eos")},
     }
     # A WordLevel model over single characters: split into characters, look each up, fuse on decode.
     tokenizer_json = {
@@ -109,7 +142,14 @@ def tokenizer_files(tokenizer, max_length: int) -> dict[str, dict]:
                           "normalized": False, "special": True} for s in (pad, bos, eos)],
         "normalizer": None,
         "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "[\\s\\S]"}, "behavior": "Isolated", "invert": False},
-        "post_processor": None,
+        # "<bos> $A", as Llama's tokenizer.json
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [vocab[bos]], "tokens": [bos]}},
+        },
         "decoder": {"type": "Fuse"},
         # "<unk>" is deliberately not in the vocabulary: an unknown character is an error, not a silent id
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
