@@ -1,6 +1,8 @@
 """Tests of minirl.analysis: update sparsity, rank and overlap (arXiv 2505.11711, 2511.08567)."""
 
+import json
 import math
+from collections import Counter
 
 import ml_dtypes
 import numpy as np
@@ -13,7 +15,9 @@ from minirl.analysis import (
     LAYER_COLUMNS,
     TABLE6_TOLS,
     OverlapAccumulator,
+    RankAccumulator,
     SparsityAccumulator,
+    analyze_update,
     compare_models,
     compare_state_dicts,
     density_official,
@@ -433,3 +437,169 @@ def test_matches_official_torch_code():
     low_rank = torch.from_numpy(theta0[:, :3] @ theta0[:3, :])
     for matrix in (delta.float(), low_rank, torch.zeros(5, 4)):
         assert update_rank(matrix.numpy())[0] == torch.linalg.matrix_rank(matrix).item()
+
+
+# --- one pass: everything a run measures about its update -------------------------
+
+HEADS = ("value_head.weight", "score.weight")
+
+
+def update_analysis_three_passes(theta0, theta1, precision, ignore=HEADS):
+    """The oracle: minirl/runs.py's update_analysis before the one-pass analysis, verbatim."""
+    theta0 = {k: v for k, v in theta0.items() if k not in ignore}
+    theta1 = {k: v for k, v in theta1.items() if k not in ignore}
+    sp = compare_state_dicts(theta0, theta1, tol=1e-5, dtype="bf16")
+    rk = rank_report(theta0, theta1, dtype="bf16" if precision != "fp32" else "fp32")
+    out = {
+        "sparsity": {
+            "overall": sp.overall, "bitwise": sp.bitwise, "tol": 1e-5, "n_params": sp.n_params,
+            "per_tensor": sp.per_tensor, "per_tensor_bitwise": sp.per_tensor_bitwise,
+            "by_tol": {f"{t:g}": v for t, v in sp.by_tol.items()},
+        },
+        "rank": {"mean_fraction": rk.mean_fraction, "per_tensor": rk.per_tensor},
+    }
+    if precision == "fp32":
+        fp = compare_state_dicts(theta0, theta1, tol=0.0, dtype="fp32")
+        out["sparsity"]["fp32_exact"] = fp.bitwise
+    return out
+
+
+def trained_pair(seed, storage):
+    """(θ0, θ1) stored in `storage`, with a value head, one untouched matrix, and every norm moved."""
+    rng = np.random.default_rng(seed)
+    theta0 = tiny_llama(rng) | {"value_head.weight": rng.standard_normal((1, 8)).astype(np.float32)}
+    theta1 = perturbed(theta0, rng, fraction=0.5, scale=1e-3)
+    theta1["model.layers.0.self_attn.k_proj.weight"] = theta0["model.layers.0.self_attn.k_proj.weight"].copy()
+    theta1["model.norm.weight"] = theta0["model.norm.weight"] + 1e-3
+    theta1["value_head.weight"] = theta0["value_head.weight"] + 1.0
+    store = (lambda w: round_to(w, "bf16")) if storage == "bf16" else (lambda w: w)
+    return {k: store(v) for k, v in theta0.items()}, {k: store(v) for k, v in theta1.items()}
+
+
+@pytest.mark.parametrize("storage", ["bf16", "fp32"])
+def test_one_pass_equals_the_three_separate_measurements(storage):
+    theta0, theta1 = trained_pair(15, storage)
+    report = analyze_update(theta0, theta1, rank_dtype=storage, ignore=HEADS)
+    kept0 = {k: v for k, v in theta0.items() if k not in HEADS}
+    kept1 = {k: v for k, v in theta1.items() if k not in HEADS}
+    assert report.sparsity == compare_state_dicts(kept0, kept1, tol=1e-5, dtype="bf16")
+    assert report.rank == rank_report(kept0, kept1, dtype=storage)
+    exact = compare_state_dicts(kept0, kept1, tol=0.0, dtype="fp32")
+    assert report.fp32_exact == exact.bitwise and report.fp32_exact_per_tensor == exact.per_tensor_bitwise
+    # the dict report.json holds is the old one, plus fp32_exact for bf16 runs
+    expected = update_analysis_three_passes(theta0, theta1, storage)
+    expected["sparsity"].setdefault("fp32_exact", report.sparsity.bitwise)
+    assert report.to_dict() == expected
+    # the untouched matrix, the skipped norms and the ignored head
+    k_proj = "model.layers.0.self_attn.k_proj.weight"
+    assert report.sparsity.per_tensor_bitwise[k_proj] == report.fp32_exact_per_tensor[k_proj] == 1.0
+    assert report.rank.rank[k_proj] == 0
+    assert report.sparsity.per_tensor_bitwise["model.norm.weight"] == 0.0
+    assert "model.norm.weight" in report.rank.skipped and len(report.rank.skipped) == 5
+    assert "value_head.weight" not in report.sparsity.per_tensor
+    assert 0.3 < report.sparsity.bitwise < 0.7
+    if storage == "bf16":  # bf16 -> fp32 is exact, so exact fp32 equality is bitwise bf16 equality
+        assert report.fp32_exact == report.sparsity.bitwise
+    else:  # moves below half a bf16 ULP are invisible to the bitwise rule but not to exact fp32 equality
+        assert report.fp32_exact < report.sparsity.bitwise
+
+
+def test_one_pass_reads_each_tensor_once():
+    theta0, theta1 = trained_pair(16, "bf16")
+    names = [k for k in theta0 if k not in HEADS]
+
+    def counted(reads, items):
+        for name, tensor in items:
+            reads[name] += 1
+            yield name, tensor
+
+    def lookup(name):
+        reads1[name] += 1
+        return theta1[name]
+
+    reads0, reads1 = Counter(), Counter()
+    streamed = analyze_update(counted(reads0, theta0.items()), lookup, ignore=HEADS)
+    assert reads0 == Counter({name: 1 for name in theta0}) and reads1 == Counter(names)
+    reads0, reads1 = Counter(), Counter()
+    lockstep = analyze_update(counted(reads0, theta0.items()), counted(reads1, theta1.items()), ignore=HEADS)
+    assert reads0 == reads1 == Counter({name: 1 for name in theta0})
+    assert streamed.to_dict() == lockstep.to_dict() == analyze_update(theta0, theta1, ignore=HEADS).to_dict()
+    # the three separate measurements read every tensor of θ1 three times
+    reads1 = Counter()
+    compare_models(theta0, lookup, ignore=HEADS), rank_report(theta0, lookup, ignore=HEADS)
+    compare_models(theta0, lookup, tol=0.0, dtype="fp32", ignore=HEADS)
+    assert reads1 == Counter({name: 3 for name in names})
+
+
+def test_one_pass_errors_name_the_tensor():
+    theta0, theta1 = trained_pair(17, "bf16")
+    broken = dict(theta1, **{"model.layers.1.mlp.up_proj.weight": np.zeros((3, 8), np.float32)})
+    for source in (broken, broken.__getitem__, iter(broken.items())):
+        with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*\(16, 8\).*\(3, 8\)"):
+            analyze_update(iter(theta0.items()), source)
+    without_norm = {k: v for k, v in theta1.items() if k != "model.norm.weight"}
+    with pytest.raises(ValueError, match=r"only in θ0 \['model.norm.weight'\]"):
+        analyze_update(theta0, without_norm)
+    with pytest.raises(ValueError, match=r"'model.norm.weight' is in θ0 but missing in θ1"):
+        analyze_update(iter(theta0.items()), without_norm.__getitem__)
+    with pytest.raises(ValueError, match=r"tensors only in θ1: \['score.weight'\]"):
+        analyze_update(iter(theta0.items()), dict(theta1, **{"score.weight": np.zeros(2, np.float32)}))
+    nan = dict(theta1, **{"lm_head.weight": np.full((12, 8), np.nan, np.float32)})
+    with pytest.raises(ValueError, match="lm_head"):  # a NaN update has no rank: say which matrix
+        analyze_update(theta0, nan)
+    assert analyze_update(theta0, nan, rank=False).sparsity.per_tensor["lm_head.weight"] == 0.0
+
+
+def test_to_dict_shape_and_options():
+    theta0, theta1 = trained_pair(18, "fp32")
+    report = analyze_update(theta0, theta1, ignore=HEADS)
+    d = json.loads(json.dumps(report.to_dict()))
+    assert list(d) == ["sparsity", "rank"] and list(d["rank"]) == ["mean_fraction", "per_tensor"]
+    assert list(d["sparsity"]) == ["overall", "bitwise", "tol", "n_params", "per_tensor", "per_tensor_bitwise",
+                                   "by_tol", "fp32_exact"]
+    assert list(d["sparsity"]["by_tol"]) == ["1e-08", "1e-07", "1e-06", "1e-05"]
+    assert d["sparsity"]["n_params"] == sum(v.size for k, v in theta0.items() if k not in HEADS)
+    bare = analyze_update(theta0, theta1, rank=False, fp32_exact=False, ignore=HEADS)
+    assert bare.rank is None and bare.fp32_exact is None and bare.fp32_exact_per_tensor is None
+    assert bare.to_dict() == {"sparsity": {k: v for k, v in report.to_dict()["sparsity"].items() if k != "fp32_exact"}}
+    loose = analyze_update(theta0, theta1, tol=1e-4, tols=(1e-6,), dtype="fp32", ignore=HEADS)
+    assert loose.sparsity.tol == loose.to_dict()["sparsity"]["tol"] == 1e-4
+    assert list(loose.to_dict()["sparsity"]["by_tol"]) == ["1e-06", "0.0001"]
+    assert loose.rank.dtype == "fp32" and report.rank.dtype == "bf16"
+    with pytest.raises(ValueError, match="RankAccumulator.dtype"):
+        analyze_update(theta0, theta1, rank_dtype="fp16")
+
+
+BF16_VALUES = st.floats(width=32).map(lambda x: float(round_to(x, "bf16")))
+
+
+@FAST
+@given(st.data())
+def test_exact_fp32_equality_is_bitwise_sparsity_for_bf16_weights(data):
+    shape = data.draw(hnp.array_shapes(max_dims=2, max_side=6))
+    theta0 = data.draw(hnp.arrays(np.float32, shape, elements=BF16_VALUES))  # NaN, inf and ±0 included
+    moved = data.draw(hnp.arrays(np.float32, shape, elements=BF16_VALUES))
+    keep = data.draw(hnp.arrays(bool, shape))
+    theta1 = np.where(keep, theta0, moved)
+    report = analyze_update({"w": theta0}, {"w": theta1}, rank=False)
+    assert report.fp32_exact == report.sparsity.bitwise
+    # fp32 weights: exact equality is the stricter rule
+    nudge = data.draw(hnp.arrays(np.float32, shape, elements=st.floats(-(2**-20), 2**-20, width=32)))
+    fine = (theta1 + nudge).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        report = analyze_update({"w": theta0}, {"w": fine}, rank=False)
+    assert report.fp32_exact <= report.sparsity.bitwise
+
+
+def test_rank_accumulator_in_any_order_equals_rank_report():
+    theta0, theta1 = trained_pair(19, "bf16")
+    acc = RankAccumulator()
+    for name in reversed(list(theta0)):
+        acc.add(name, theta0[name], theta1[name])
+    whole = rank_report(theta0, theta1)
+    assert acc.report().per_tensor == whole.per_tensor
+    assert acc.report().mean_fraction == pytest.approx(whole.mean_fraction)  # summed in another order
+    with pytest.raises(ValueError, match="added twice"):
+        acc.add("lm_head.weight", theta0["lm_head.weight"], theta1["lm_head.weight"])
+    with pytest.raises(ValueError, match="up_proj"):
+        acc.add("model.layers.9.mlp.up_proj.weight", np.zeros((16, 8)), np.zeros((3, 8)))

@@ -8,7 +8,7 @@ from .overlap import (
     subnetwork_overlap,
     updated_mask,
 )
-from .rank import RankReport, rank_report, update_rank
+from .rank import RankAccumulator, RankReport, rank_report, update_rank
 from .sparsity import (
     LAYER_COLUMNS,
     TABLE6_TOLS,
@@ -24,16 +24,20 @@ from .sparsity import (
     update_difference,
     update_sparsity,
 )
+from .update import UpdateReport, analyze_update
 
 __all__ = [
     "LAYER_COLUMNS",
     "TABLE6_TOLS",
     "OverlapAccumulator",
     "OverlapReport",
+    "RankAccumulator",
     "RankReport",
     "SparsityAccumulator",
     "SparsityReport",
+    "UpdateReport",
     "aligned_tensors",
+    "analyze_update",
     "cell_of",
     "compare_models",
     "compare_state_dicts",

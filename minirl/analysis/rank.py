@@ -20,12 +20,12 @@ An exactly zero Δ has rank 0.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
 
-from .sparsity import Tensors, TensorSource, aligned_tensors, update_difference
+from .sparsity import DTYPES, Tensors, TensorSource, aligned_tensors, update_difference
 
 
 def update_rank(delta2d: np.ndarray) -> tuple[int, int]:
@@ -59,6 +59,44 @@ class RankReport:
     """Precision Δ was taken in."""
 
 
+@dataclass
+class RankAccumulator:
+    """Update ranks collected one tensor pair at a time (1-D tensors skipped)."""
+
+    dtype: str = "bf16"
+    """Precision Δ is taken in: "bf16" or "fp32"."""
+    rank: dict[str, int] = field(default_factory=dict)
+    """rank(Δ) of each 2-D tensor added so far."""
+    full: dict[str, int] = field(default_factory=dict)
+    """min(m, n) of each 2-D tensor added so far."""
+    skipped: list[str] = field(default_factory=list)
+    """Names of the tensors added so far that are not 2-D."""
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"RankAccumulator.dtype must be one of {DTYPES}, got {self.dtype!r}")
+
+    def add(self, name: str, theta0: np.ndarray, theta1: np.ndarray) -> None:
+        """Record the update rank of one tensor pair, or skip it if it is not 2-D."""
+        if name in self.rank or name in self.skipped:
+            raise ValueError(f"tensor {name!r} added twice")
+        if np.shape(theta0) != np.shape(theta1):
+            raise ValueError(f"shape mismatch for tensor {name!r}: θ0 {np.shape(theta0)} vs θ1 {np.shape(theta1)}")
+        if np.ndim(theta0) != 2:
+            self.skipped.append(name)
+            return
+        try:
+            self.rank[name], self.full[name] = update_rank(update_difference(theta0, theta1, self.dtype))  # Δ: (m, n)
+        except ValueError as error:  # e.g. a NaN or inf in Δ
+            raise ValueError(f"tensor {name!r}: {error}") from None
+
+    def report(self) -> RankReport:
+        """The report for the tensors added so far."""
+        per_tensor = {name: r / self.full[name] if self.full[name] else float("nan") for name, r in self.rank.items()}
+        mean_fraction = float(np.mean(list(per_tensor.values()))) if per_tensor else float("nan")
+        return RankReport(mean_fraction, per_tensor, dict(self.rank), dict(self.full), list(self.skipped), self.dtype)
+
+
 def rank_report(
     theta0_items: Tensors,
     theta1_lookup: TensorSource,
@@ -67,14 +105,7 @@ def rank_report(
     ignore: Collection[str] = (),
 ) -> RankReport:
     """Update rank of every 2-D tensor of θ1 against θ0, streamed one tensor at a time."""
-    rank: dict[str, int] = {}
-    full: dict[str, int] = {}
-    skipped: list[str] = []
+    acc = RankAccumulator(dtype)
     for name, theta0, theta1 in aligned_tensors(theta0_items, theta1_lookup, ignore=ignore):
-        if theta0.ndim != 2:
-            skipped.append(name)
-            continue
-        rank[name], full[name] = update_rank(update_difference(theta0, theta1, dtype))  # Δ: (m, n)
-    per_tensor = {name: rank[name] / full[name] if full[name] else float("nan") for name in rank}
-    mean_fraction = float(np.mean(list(per_tensor.values()))) if per_tensor else float("nan")
-    return RankReport(mean_fraction, per_tensor, rank, full, skipped, dtype)
+        acc.add(name, theta0, theta1)
+    return acc.report()
