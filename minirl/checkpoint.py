@@ -1,4 +1,4 @@
-"""Checkpoints as safetensors + config.json, atomic saves, streaming reads, run directories.
+"""Checkpoints as safetensors + config.json: atomic saves, streaming reads.
 
 Format: the safetensors layout (https://github.com/huggingface/safetensors):
 8-byte little-endian header length N, N bytes of JSON header
@@ -351,11 +351,13 @@ def _swap_in(tmp: Path, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
-def save_checkpoint(path, tensors: dict[str, np.ndarray], config: dict, dtype="bf16") -> Path:
-    """Atomically write ``path/model.safetensors`` (in ``dtype``) and ``path/config.json``.
+def save_checkpoint(path, tensors: dict[str, np.ndarray], config: dict, dtype="bf16", extra: dict | None = None) -> Path:
+    """Atomically write ``path/model.safetensors`` (in ``dtype``), ``path/config.json`` and ``extra`` files.
 
     ``dtype`` is "fp32", "bf16", "fp16" or a precision-policy name; bf16/fp16
-    round to nearest even (as ``precision.to_bf16``).
+    round to nearest even (as ``precision.to_bf16``). ``extra`` maps a file
+    name to its content: ``*.safetensors`` a dict of arrays (saved as they
+    are), ``*.json`` a JSON-able object. All files swap in together.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -374,104 +376,15 @@ def save_checkpoint(path, tensors: dict[str, np.ndarray], config: dict, dtype="b
     try:
         _write_safetensors(tmp / WEIGHTS_NAME, arrays, {"format": "pt"})  # "pt": HF's loader requires it
         atomic_write_text(tmp / CONFIG_NAME, config_text)
+        for name, content in (extra or {}).items():
+            if name.endswith(".safetensors"):
+                _write_safetensors(tmp / name, {k: np.require(v, requirements="C") for k, v in content.items()},
+                                   {"format": "pt"})
+            else:
+                atomic_write_text(tmp / name, _dumps(content, indent=2) + "\n")
         _fsync_dir(tmp)
         _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-# -- run directories -----------------------------------------------------------------------
-
-
-class RunDir:
-    """A run's directory.
-
-    Layout::
-
-        run/config.json            the run config (atomic)
-        run/metrics.jsonl          one JSON object per line, appended and flushed per step
-        run/<name>.json            other documents, e.g. report.json (atomic)
-        run/checkpoints/<name>/    model.safetensors + config.json; names: step_000100, last, final
-    """
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def metrics_path(self) -> Path:
-        """The metrics.jsonl file."""
-        return self.path / "metrics.jsonl"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        """The directory holding checkpoints."""
-        return self.path / "checkpoints"
-
-    def write_json(self, name: str, obj) -> Path:
-        """Atomically write ``run/<name>`` (".json" added if missing)."""
-        file = self.path / (name if name.endswith(".json") else name + ".json")
-        atomic_write_json(file, obj)
-        return file
-
-    def read_json(self, name: str):
-        """Read ``run/<name>`` (".json" added if missing)."""
-        return json.loads((self.path / (name if name.endswith(".json") else name + ".json")).read_text())
-
-    def write_config(self, config: dict) -> Path:
-        """Atomically write ``run/config.json``."""
-        return self.write_json(CONFIG_NAME, config)
-
-    def log(self, metrics: dict | None = None, **more) -> None:
-        """Append one JSON line to metrics.jsonl and flush it."""
-        line = (_dumps({**(metrics or {}), **more}) + "\n").encode("utf-8")
-        with open(self.metrics_path, "ab+") as f:
-            if f.tell() > 0:  # a crash mid-append left a torn line: end it so this record stays whole
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    line = b"\n" + line
-            f.write(line)
-            f.flush()
-
-    def read_metrics(self) -> list[dict]:
-        """Every logged record; torn lines (a crash mid-append) are skipped with a warning."""
-        if not self.metrics_path.exists():
-            return []
-        out, torn = [], 0
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                torn += 1
-        if torn:
-            warnings.warn(f"{self.metrics_path}: skipped {torn} torn line(s)")
-        return out
-
-    def checkpoint_path(self, name) -> Path:
-        """``checkpoints/<name>``; an int step becomes ``step_000123``."""
-        return self.checkpoints_dir / (f"step_{name:06d}" if isinstance(name, int) else name)
-
-    def save(self, name, tensors: dict[str, np.ndarray], config: dict, dtype="bf16") -> Path:
-        """Atomically save a checkpoint under ``checkpoints/<name>``."""
-        return save_checkpoint(self.checkpoint_path(name), tensors, config, dtype)
-
-    def save_model(self, name, model, dtype="bf16") -> Path:
-        """Save a Module: its ``state_dict()`` and, as config.json, ``model.config.to_dict()``."""
-        if hasattr(model, "checkpoint_config"):
-            config = model.checkpoint_config()
-        else:
-            config = getattr(model, "config", None)
-            config = config.to_dict() if hasattr(config, "to_dict") else {}
-        return self.save(name, model.state_dict(), config, dtype)
-
-    def load(self, name) -> tuple[dict[str, np.ndarray], dict]:
-        """Load ``checkpoints/<name>``."""
-        return load_checkpoint(self.checkpoint_path(name))
-
-    def checkpoints(self) -> list[str]:
-        """Names of the saved checkpoints, sorted (step_* in step order)."""
-        if not self.checkpoints_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.checkpoints_dir.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -6,16 +6,14 @@ shows each field's docstring, and a value a config rejects is a usage error.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
 import click
 from rich.console import Console
 
-from minirl.model import TransformerConfig
-from minirl.options import build, dataclass_options
-from minirl.rl.sft import PretrainConfig, SFTConfig
-from minirl.train import TrainConfig
+from minirl.options import dataclass_options
 
 console = Console(stderr=True)
 
@@ -52,24 +50,94 @@ def _guard(fn, *args, **kwargs):
         console.print(f"[bold red]training stopped:[/] {e}")
         sys.exit(3)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted mid-step[/] (a second Ctrl-C): the run directory keeps config.json and "
-                      "metrics.jsonl of every finished step, and checkpoints/last if --checkpoint-every saved one. "
-                      "One Ctrl-C finishes the current step, saves, and still writes the report.")
+        console.print("[yellow]interrupted mid-step[/] (a second Ctrl-C): the run directory keeps config.toml, the "
+                      "metrics of every finished step, and checkpoints/last if --checkpoint-every saved one: "
+                      "continue it with --resume DIR. One Ctrl-C finishes the current step, saves, and still "
+                      "writes the report.")
         sys.exit(130)
 
 
+def _explicit(ctx: click.Context, kw: dict) -> dict:
+    """The options the user typed (or set through the environment), as settings for `runs.resolve`."""
+    from click.core import ParameterSource
+
+    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {k: v for k, v in kw.items() if ctx.get_parameter_source(k) in typed}
+
+
+def _job_command(group, name: str, summary: str, details: str, exclude=()):
+    """A command for job `name`: one option per config field, its default the resolved preset's value."""
+    from minirl import runs
+
+    spec = runs.resolve(name)  # dataclass defaults + the preset: what the command runs with no options
+    option_decorators = []
+    for section, cfg in spec.configs.items():
+        values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        option_decorators.append(dataclass_options(type(cfg), defaults=values, exclude=exclude))
+
+    def command(config, resume, out, as_json, progress, show_report=True, **kw):
+        ctx = click.get_current_context()
+        settings = _explicit(ctx, kw)
+        if resume is not None:
+            typed = [f"--{k.replace('_', '-')}" for k in settings] + (["--config"] if config else []) + (
+                ["--out"] if out else [])
+            if typed:
+                raise click.UsageError(f"--resume continues {resume} with its own config.toml; drop "
+                                       f"{', '.join(typed)} (to change settings, start a new run with "
+                                       f"--config {resume}/config.toml)")
+            found = _guard(runs.job_name, resume)
+            if found != name:
+                raise click.UsageError(f"{resume} is a run of `minirl {runs.command_of(found)}`; resume it with "
+                                       f"`minirl {runs.command_of(found)} --resume {resume}`")
+            report = _guard(runs.resume, resume, progress)
+        else:
+            try:
+                job = runs.resolve(name, config, **settings)
+            except ValueError as e:
+                raise click.UsageError(str(e)) from None
+            report = _guard(runs.execute, job, out, progress)
+        if as_json:
+            click.echo(json.dumps(report, indent=2, default=str))
+        else:
+            from minirl.report import render
+
+            render(report, detail=show_report)
+
+    command.__doc__ = f"{summary}\n\n{details}"
+    for decorate in reversed(option_decorators):
+        command = decorate(command)
+    if name != "pretrain":
+        command = click.option("--init", default=spec.init, show_default=True,
+                               help="Model to start from: sft, base, or a checkpoint path (and the reference "
+                                    "model of the KL terms).")(command)
+        command = click.option("--report/--no-report", "show_report", default=True, show_default=True,
+                               help="Print the full report (per-matrix sparsity and rank tables too).")(command)
+    for option in reversed(common_options):
+        command = option(command)
+    return group.command(name)(command)
+
+
 common_options = [
+    click.option("--config", type=click.Path(dir_okay=True), default=None,
+                 help="A TOML file of settings (sections as in a run's config.toml; a run directory's "
+                      "config.toml reruns that run). Options typed on the command line win."),
+    click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
+                 help="Continue this interrupted run directory from its checkpoints/last, with its own config."),
     click.option("--out", type=click.Path(file_okay=False), default=None,
                  help="Run directory to create (default: runs/<command>-<timestamp>)."),
     click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout."),
     click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
 ]
 
-
-def with_common(fn):
-    for option in reversed(common_options):
-        fn = option(fn)
-    return fn
+RUN_DETAILS = """Trains --init (the shipped SFT model by default) and reports greedy
+accuracy before/after on every task (the trained one, and the others: the
+alignment tax), the KL to the reference, and the update's sparsity and rank
+beside the paper's. Defaults are the algorithm's preset
+(minirl/presets/NAME.toml); --config FILE overrides them, and typed options
+override both. Every run directory holds config.toml (the resolved config:
+--config DIR/config.toml reruns it), metrics.jsonl, checkpoints/ and
+report.json; `minirl report DIR` re-renders it, and --resume DIR continues an
+interrupted run (Ctrl-C, or a kill between --checkpoint-every saves)."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -85,92 +153,23 @@ def main():
     """
 
 
-# ------------------------------------------------------------------ pretrain
-
-PRETRAIN_MIXTURE = dict(weights=(4.0, 1.0, 1.0, 1.0, 1.0, 1.0))
-"""The shipped base model's mixture: addition, the hardest task, four times as often as each other task."""
-PRETRAIN_DEFAULTS = dict(steps=2000, lr=3e-3, schedule="cosine", warmup_steps=100, weight_decay=0.0)
-SFT_DEFAULTS = dict(steps=300, lr=1e-3, schedule="cosine", warmup_steps=20, weight_decay=0.0)
-
-
-@main.command()
-@dataclass_options(TransformerConfig, exclude=("vocab_size", "value_head", "reward_head"))
-@dataclass_options(PretrainConfig, defaults=PRETRAIN_MIXTURE)
-@dataclass_options(TrainConfig, defaults=PRETRAIN_DEFAULTS)
-@with_common
-def pretrain(out, as_json, progress, **kw):
-    """Pretrain a base model from scratch on the raw-text mixture of every task."""
-    from minirl import runs
-    from minirl.tasks import CharTokenizer
-
-    model_cfg = build(TransformerConfig, {**kw, "vocab_size": CharTokenizer().vocab_size})
-    report = _guard(runs.pretrain, model_cfg, build(PretrainConfig, kw), build(TrainConfig, kw), out, progress)
-    _emit(report, as_json, _render_accuracy_report)
-
-
-# ----------------------------------------------------------------------- run
 @main.group()
 def run():
     """Fine-tune a model: sft, or an RL algorithm."""
 
 
-@run.command("sft")
-@click.option("--init", default="base", show_default=True, help="Model to start from: base, sft, or a checkpoint path.")
-@dataclass_options(SFTConfig)
-@dataclass_options(TrainConfig, defaults=SFT_DEFAULTS)
-@with_common
-def run_sft(init, out, as_json, progress, **kw):
-    """Instruction-tune a model on chat-format examples (loss on answers only)."""
-    from minirl import runs
-
-    report = _guard(runs.sft, init, build(SFTConfig, kw), build(TrainConfig, kw), out, progress)
-    _emit(report, as_json, _render_accuracy_report)
-
-
-RL_TRAIN_DEFAULTS = {
-    "grpo": dict(steps=150, lr=2e-4, schedule="constant", grad_clip=1.0),
-    "ppo": dict(steps=250, lr=1e-4, schedule="constant", grad_clip=1.0),
-    "reinforce": dict(steps=150, lr=2e-4, schedule="constant", grad_clip=1.0),
-    "rloo": dict(steps=150, lr=2e-4, schedule="constant", grad_clip=1.0),
-}
-"""Per-algorithm defaults of the shared training options (the rest are TrainConfig's)."""
-
-
-def _rl_command(name: str, config_cls, summary: str):
-    @click.option("--init", default="sft", show_default=True, help="Policy (and reference) to start from: sft, base, or a checkpoint path.")
-    @click.option("--report/--no-report", "show_report", default=True, show_default=True,
-                  help="Print the full report (accuracy, alignment tax, KL, sparsity, rank, paper numbers).")
-    @dataclass_options(config_cls)
-    @dataclass_options(TrainConfig, defaults=RL_TRAIN_DEFAULTS.get(name, {}))
-    @with_common
-    def command(init, show_report, out, as_json, progress, **kw):
-        from minirl import runs
-        from minirl.report import render
-
-        report = _guard(runs.rl, name, build(config_cls, kw), build(TrainConfig, kw), init, out, progress)
-        if as_json:
-            click.echo(json.dumps(report, indent=2, default=str))
-        else:
-            render(report, detail=show_report)
-
-    command.__doc__ = f"""{summary}
-
-    Trains the shipped SFT model (or --init) on the task's verifier reward,
-    then reports accuracy before/after on every task (the alignment tax), KL
-    to the reference, and the update's sparsity and rank beside the paper's.
-    Every run directory holds config.json, metrics.jsonl, checkpoints/final and
-    report.json; `minirl report DIR` re-renders the report."""
-    return run.command(name)(command)
-
-
-def _register_rl_commands():
+def _register_commands():
     from minirl.rl import algorithms
 
+    _job_command(main, "pretrain", "Pretrain a base model from scratch on the raw-text mixture of every task.",
+                 "Defaults are the preset the shipped base model was made with (minirl/presets/pretrain.toml).",
+                 exclude=("vocab_size", "value_head", "reward_head"))
     for name, (config_cls, algo_cls) in algorithms().items():
-        _rl_command(name, config_cls, (algo_cls.__doc__ or name.upper()).strip().splitlines()[0])
+        _job_command(run, name, (algo_cls.__doc__ or name.upper()).strip().splitlines()[0],
+                     RUN_DETAILS.replace("NAME", name))
 
 
-_register_rl_commands()
+_register_commands()
 
 
 @main.command()
@@ -178,7 +177,7 @@ _register_rl_commands()
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of rendering it.")
 @click.option("--brief", is_flag=True, help="Skip the per-matrix tables.")
 def report(run_dir, as_json, brief):
-    """Re-render the report of a finished RL run directory."""
+    """Re-render the report of a finished run directory."""
     from minirl.report import load_report, render
 
     try:
@@ -187,9 +186,6 @@ def report(run_dir, as_json, brief):
         raise click.BadParameter(str(e), param_hint="RUN_DIR") from None
     if as_json:
         click.echo(json.dumps(r, indent=2))
-    elif "algorithm" not in r:
-        raise click.BadParameter(f"{run_dir}: report.json is from `minirl {r.get('command', '?')}`, not an RL run; "
-                                 "only RL reports render (--json prints any report)", param_hint="RUN_DIR")
     else:
         render(r, detail=not brief)
 
@@ -205,6 +201,7 @@ def report(run_dir, as_json, brief):
 def eval_cmd(ckpt, tasks, n, prompt_format, as_json):
     """Greedy exact-match accuracy per task of CKPT (base, sft, or a checkpoint path)."""
     from minirl.evaluate import benchmark
+    from minirl.report import accuracy_table
     from minirl.tasks import get_task
 
     model = _load_or_fail(ckpt)
@@ -218,7 +215,7 @@ def eval_cmd(ckpt, tasks, n, prompt_format, as_json):
                 raise click.BadParameter(str(e), param_hint="--tasks") from None
     scores = benchmark(model, names, n=n, prompt_format=prompt_format)
     _emit({"checkpoint": ckpt, "format": prompt_format, "n": n, "accuracy": scores}, as_json,
-          lambda r: _render_accuracy(r["accuracy"], f"{ckpt} ({prompt_format} prompts, n={n})"))
+          lambda r: Console().print(accuracy_table(r["accuracy"], f"{ckpt} ({prompt_format} prompts, n={n})")))
 
 
 # -------------------------------------------------------------------- sample
@@ -274,34 +271,6 @@ def export(ckpt, fmt, out, dtype):
     except ImportError as e:
         raise click.UsageError(str(e)) from None
     console.print(f"wrote {fmt} export to [bold]{path or out}[/]")
-
-
-# -------------------------------------------------------------------- render
-def _render_accuracy(scores: dict, title: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("task")
-    table.add_column("accuracy", justify="right")
-    for task, acc in scores.items():
-        table.add_row(task, f"{100 * acc:.1f} %")
-    Console().print(table)
-
-
-def _render_accuracy_report(report: dict) -> None:
-    if "accuracy_raw" in report:
-        _render_accuracy(report["accuracy_raw"], f"{report['command']}: raw-prompt accuracy")
-    else:
-        from rich.table import Table
-
-        table = Table(title=f"{report['command']}: accuracy before -> after")
-        for col in ("task", "before", "after"):
-            table.add_column(col, justify="right" if col != "task" else "left")
-        for task, b in report["accuracy"]["before"].items():
-            table.add_row(task, f"{100 * b:.1f} %", f"{100 * report['accuracy']['after'][task]:.1f} %")
-        Console().print(table)
-    note = " (interrupted)" if report.get("interrupted") else ""
-    Console().print(f"{report['steps']} steps in {report['wall_seconds']:.1f} s{note}; checkpoint: {report['checkpoint']}")
 
 
 if __name__ == "__main__":

@@ -264,6 +264,11 @@ class Generation:
     def completions(self) -> np.ndarray:
         return self.tokens[:, self.prompt_len:]
 
+    def take(self, idx: np.ndarray) -> "Generation":
+        """The rows `idx` of the batch (P stays: the prompts keep their left padding)."""
+        return Generation(tokens=self.tokens[idx], attention_mask=self.attention_mask[idx], prompt_len=self.prompt_len,
+                          completion_mask=self.completion_mask[idx], logprobs=self.logprobs[idx])
+
     def texts(self, tokenizer) -> list[str]:
         """Each completion decoded, cut at its first eos."""
         out = []

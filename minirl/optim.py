@@ -67,7 +67,9 @@ class Optimizer:
         self.master: list[np.ndarray | None] = [None] * len(self.params)
         for i, p in enumerate(self.params):
             if self.policy.needs_master:
-                self.master[i] = np.array(p.data, dtype=np.float32, copy=True)
+                # the master starts from the stored (rounded) weights, on the storage grid: an fp32
+                # init held off the grid would let sub-ULP updates flip stored weights at once
+                self.master[i] = self.policy.store(p.data)
             self._store(i)  # stored weights are representable from step 0
 
     # -- hyperparameters -------------------------------------------------------
@@ -353,3 +355,77 @@ def linear_warmup(warmup_steps: int) -> LRSchedule:
 def cosine(total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> LRSchedule:
     """Linear warmup, then cosine decay to min_ratio at total_steps."""
     return LRSchedule("cosine", warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio)
+
+
+# -- configuration and the registry -----------------------------------------------------
+SCHEDULES = ("constant", "linear_warmup", "cosine")
+
+
+@dataclass
+class OptimizerConfig:
+    """Which optimizer updates the weights, and its learning rate over the run."""
+
+    optimizer: str = "adamw"
+    """The optimizer, by its name in the registry `minirl.optim.OPTIMIZERS`: adamw or sgd."""
+    lr: float = 1e-3
+    """Peak learning rate: the schedule sets lr = lr * schedule(step)."""
+    schedule: str = "constant"
+    """Learning-rate schedule: constant, linear_warmup or cosine."""
+    warmup_steps: int = 0
+    """Linear warmup over this many optimizer updates."""
+    min_lr_ratio: float = 0.1
+    """Cosine only: the final lr as a fraction of the peak."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's moment decay rates."""
+    eps: float = 1e-8
+    """AdamW's epsilon."""
+    weight_decay: float = 0.0
+    """Weight decay: decoupled for AdamW, L2 on the gradient for SGD."""
+    momentum: float = 0.0
+    """SGD only: momentum."""
+
+    def __post_init__(self):
+        from minirl.config import check_fields
+
+        self.betas = tuple(self.betas)
+        check_fields(self, [
+            ("optimizer", self.optimizer in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
+            ("lr", self.lr >= 0 and math.isfinite(self.lr), "a finite number >= 0"),
+            ("schedule", self.schedule in SCHEDULES, "one of " + ", ".join(SCHEDULES)),
+            ("warmup_steps", int(self.warmup_steps) == self.warmup_steps and self.warmup_steps >= 0, "an integer >= 0"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+            ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)"),
+            ("eps", self.eps > 0, "> 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+        ])
+        self.warmup_steps = int(self.warmup_steps)
+
+
+def _adamw(params, c: OptimizerConfig, precision) -> AdamW:
+    return AdamW(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, precision=precision)
+
+
+def _sgd(params, c: OptimizerConfig, precision) -> SGD:
+    return SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, precision=precision)
+
+
+OPTIMIZERS = {"adamw": _adamw, "sgd": _sgd}
+"""name -> factory(params, OptimizerConfig, precision) -> Optimizer; `register_optimizer` adds one."""
+
+
+def register_optimizer(name: str, factory) -> None:
+    """Make `--optimizer NAME` build `factory(params, config, precision)` (online merging plugs in here)."""
+    OPTIMIZERS[name] = factory
+
+
+def make_optimizer(params, config: OptimizerConfig, precision=None) -> Optimizer:
+    """The optimizer `config.optimizer` over `params` ((name, parameter) pairs), at `config.lr` as its base_lr."""
+    return OPTIMIZERS[config.optimizer](params, config, precision)
+
+
+def make_schedule(config: OptimizerConfig, total_updates: int) -> LRSchedule:
+    """The lr multiplier of `config.schedule` over a run of `total_updates` optimizer updates."""
+    if config.schedule == "cosine":
+        return cosine(max(total_updates, 1, config.warmup_steps), config.warmup_steps, config.min_lr_ratio)
+    return LRSchedule(config.schedule, config.warmup_steps)

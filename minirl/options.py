@@ -16,6 +16,8 @@ import textwrap
 
 import click
 
+from minirl.config import field_kind
+
 
 def field_docs(cls) -> dict[str, str]:
     """The docstring written under each field of a dataclass (from its source)."""
@@ -36,14 +38,10 @@ def field_docs(cls) -> dict[str, str]:
 
 def _parse(annotation: str) -> tuple[type, bool, bool, str]:
     """A field annotation -> (scalar or item type, is a tuple, is optional, its metavar)."""
-    ann = annotation.replace(" ", "")
-    optional = ann.endswith("|None")
-    base = ann[:-5] if optional else ann
-    is_tuple = base.startswith("tuple[")
-    item = float if "float" in base else int if "int" in base else str
+    item, is_tuple, optional = field_kind(annotation)
     if is_tuple:
         name = {float: "X", int: "N", str: "NAME"}[item]
-        meta = f"{name},..." if "..." in base else f"{name},{name}"
+        meta = f"{name},..." if "..." in annotation else f"{name},{name}"
     else:
         meta = {int: "INT", float: "FLOAT", str: "TEXT"}[item]
     return item, is_tuple, optional, meta + ("|none" if optional else "")

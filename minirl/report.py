@@ -1,4 +1,4 @@
-"""Render an RL run's report.json in the terminal with rich.
+"""Render a run's report.json in the terminal with rich (and the accuracy tables of `minirl eval`).
 
 Every number shown is read from report.json, which the run measured; the
 paper's numbers come from the report's `paper` section (quoted from
@@ -48,18 +48,29 @@ def load_report(path) -> dict:
 
 
 def _accuracy_table(r: dict) -> Table:
+    """Greedy accuracy before/after on every task: the trained ones, then the others (the alignment tax)."""
     t = Table(title="greedy accuracy on the held-out benchmark", title_justify="left")
     for col, j in (("task", "left"), ("before", "right"), ("after", "right"), ("change", "right")):
         t.add_column(col, justify=j)
-    acc = r["accuracy"]
-    d = acc["after"] - acc["before"]
-    t.add_row(f"[bold]{r['task']}[/] (trained)", pct(acc["before"]), pct(acc["after"]),
-              f"[{'green' if d > 0 else 'red'}]{100 * d:+.1f} pts[/]")
-    for task, v in r.get("tax", {}).items():
-        d = v["after"] - v["before"]
-        color = "red" if d < -0.02 else "green" if d > 0.02 else "white"
-        t.add_row(f"{task} (alignment tax)", pct(v["before"]), pct(v["after"]), f"[{color}]{100 * d:+.1f} pts[/]")
+    before, after, trained = r["accuracy"]["before"], r["accuracy"]["after"], r["trained_tasks"]
+    for task in sorted(before, key=lambda t: t not in trained):
+        d = after[task] - before[task]
+        if task in trained:
+            label, color = f"[bold]{task}[/] (trained)", "green" if d > 0 else "red"
+        else:
+            label, color = f"{task} (alignment tax)", "red" if d < -0.02 else "green" if d > 0.02 else "white"
+        t.add_row(label, pct(before[task]), pct(after[task]), f"[{color}]{100 * d:+.1f} pts[/]")
     return t
+
+
+def accuracy_table(scores: dict, title: str) -> Table:
+    """One accuracy column per task (`minirl eval`, pretraining's raw-prompt accuracy)."""
+    table = Table(title=title)
+    table.add_column("task")
+    table.add_column("accuracy", justify="right")
+    for task, acc in scores.items():
+        table.add_row(task, pct(acc))
+    return table
 
 
 def _grid_table(per_tensor: dict, title: str) -> Table:
@@ -83,47 +94,82 @@ def _grid_table(per_tensor: dict, title: str) -> Table:
     return t
 
 
+def _range(lo_hi) -> str:
+    return f"{lo_hi[0]} % to {lo_hi[1]} %"
+
+
 def _paper_table(r: dict) -> Table:
     paper, sp, rk = r["paper"], r["sparsity"], r["rank"]
-    t = Table(title="paper (Mukherjee et al. 2025, arXiv 2505.11711) beside minirl", title_justify="left")
+    t = Table(title=f"paper (Mukherjee et al. 2025, arXiv {paper['arxiv']}) beside minirl", title_justify="left")
     for col in ("quantity", "paper", "minirl (this run)"):
         t.add_column(col)
-    t.add_row("RL update sparsity (bf16, tol 1e-5)", paper["sparsity_range"], pct(sp["overall"]))
-    same = paper.get("sparsity_by_algorithm", {}).get(r["algorithm"])
-    if same:  # the paper's row for the same algorithm (REINFORCE and RLOO are not in its Table 1)
-        t.add_row(f"  {same[1]}", f"{same[0]} %", pct(sp["overall"]))
+    if r["algorithm"] == "sft":
+        t.add_row("SFT update sparsity (bf16, tol 1e-5): dense", _range(paper["sft_range"]), pct(sp["overall"]))
+    else:
+        t.add_row("RL update sparsity (bf16, tol 1e-5)", _range(paper["table1_range"]) + " (Table 1)",
+                  pct(sp["overall"]))
+    row = paper.get("table1_row")
+    if row:  # the paper's row for the same algorithm (REINFORCE and RLOO are not in its Table 1)
+        t.add_row(f"  {row['algorithm'].upper()}, {row.get('model', 'Table 1')}", f"{row['sparsity']} %",
+                  pct(sp["overall"]))
+    if r["algorithm"] == "grpo":
+        kl = paper["kl"]
+        beta = r.get("config", {}).get("grpo", {}).get("beta")
+        t.add_row("  GRPO with / without a KL penalty", f"{kl['grpo_with_kl']} % / {kl['grpo_without_kl']} %",
+                  f"{pct(sp['overall'])} (beta {beta})")
     t.add_row("  bitwise (Path Not Taken's rule)", "-", pct(sp["bitwise"]))
-    if "fp32_exact" in sp:
+    if r.get("precision") == "fp32":
         t.add_row("  fp32 storage, exact equality", "dense ('infinite precision', footnote 5)", pct(sp["fp32_exact"]))
-    t.add_row("update rank (mean fraction of full)", paper["rank_range"], pct(rk["mean_fraction"]))
+    t.add_row("update rank (mean fraction of full)", _range(paper["rank_range"]) + " of full", pct(rk["mean_fraction"]))
     reg = r.get("regime", {})
     if reg:
-        t.add_row("relative step lr / rms(w)", "~1e-4 (lr 5e-7..1e-6, rms ~1e-2)",
-                  f"{reg['lr_over_rms']:.2e} ({reg['lr_over_rms'] / 1e-4:.0f}x the papers')")
+        ref = paper["relative_step"]
+        t.add_row("relative step lr / rms(w)", f"~{ref:g} (scale matching)",
+                  f"{reg['lr_over_rms']:.2e} ({reg['lr_over_rms'] / ref:.0f}x the papers')")
     return t
 
 
-def render(r: dict, console: Console | None = None, detail: bool = True) -> None:
-    """Print the whole report."""
-    console = console or Console()
-    head = (f"[bold]minirl run {r['algorithm']}[/] · task [bold]{r['task']}[/] · init {r['init']} · seed {r['seed']} · "
-            f"{r['steps']} steps · precision {r['precision']} · {r['wall_seconds']:.1f} s wall"
-            + (" · [yellow]interrupted[/]" if r.get("interrupted") else ""))
-    curve = r.get("reward_curve", [])
-    finite = [v for v in curve if v is not None and math.isfinite(v)]
+def _curve_line(r: dict) -> str:
+    """The reward curve (RL) or the loss curve (SFT) as a sparkline with its first and last tenth."""
+    curves = r.get("curves", {})
+    name = "reward" if "reward" in curves else "loss"
+    finite = [v for v in curves.get(name, []) if v is not None and math.isfinite(v)]
+    if not finite:
+        return f"no {name} logged"
     tenth = max(1, len(finite) // 10)
-    reward = (f"reward per step {sparkline(curve, 40)}  first tenth {sum(finite[:tenth]) / tenth:.2f} → "
-              f"last tenth {sum(finite[-tenth:]) / tenth:.2f}" if finite else "no reward logged")
-    kl = r.get("kl", {})
-    kl_line = f"KL(π ‖ π_ref) per sequence on {kl.get('n', 0)} fresh samples: k1 {kl.get('k1', float('nan')):.4f}, k3 {kl.get('k3', float('nan')):.4f}"
-    console.print(Panel(Group(head, reward, kl_line), title="minirl report", expand=False))
+    return (f"{name} per step {sparkline(finite, 40)}  first tenth {sum(finite[:tenth]) / tenth:.2f} → "
+            f"last tenth {sum(finite[-tenth:]) / tenth:.2f}")
+
+
+def render(r: dict, console: Console | None = None, detail: bool = True) -> None:
+    """Print the whole report of a run (pretraining: its raw-prompt accuracy)."""
+    console = console or Console()
+    if "accuracy_raw" in r:
+        render_accuracy_report(r, console)
+        return
+    head = (f"[bold]minirl {r['command']}[/] · trained [bold]{', '.join(r['trained_tasks'])}[/] · init {r['init']} · "
+            f"seed {r['seed']} · {r['steps']} steps · precision {r['precision']} · {r['wall_seconds']:.1f} s training"
+            + (" · [yellow]interrupted[/]" if r.get("interrupted") else ""))
+    lines = [head, _curve_line(r)]
+    if "kl" in r:
+        kl = r["kl"]
+        lines.append(f"KL(π ‖ π_ref) per sequence on {kl['n']} fresh samples: k1 {kl['k1']:.4f}, k3 {kl['k3']:.4f}")
+    console.print(Panel(Group(*lines), title="minirl report", expand=False))
     console.print(_accuracy_table(r))
     sp = r["sparsity"]
     console.print(f"update sparsity: [bold]{pct(sp['overall'])}[/] of {sp['n_params']:,} weights unchanged "
                   f"(bf16, |Δ| <= {sp['tol']:g}); bitwise {pct(sp['bitwise'])}"
-                  + (f"; fp32 exact {pct(sp['fp32_exact'])}" if "fp32_exact" in sp else ""))
+                  + (f"; fp32 exact {pct(sp['fp32_exact'])}" if r.get("precision") == "fp32" else ""))
     if detail:
         console.print(_grid_table(sp["per_tensor"], "update sparsity per matrix (bf16, tol 1e-5)"))
         console.print(_grid_table(r["rank"]["per_tensor"], "update rank per matrix (fraction of full rank)"))
     console.print(_paper_table(r))
     console.print(f"run directory: {r.get('run_dir', '?')}")
+
+
+def render_accuracy_report(report: dict, console: Console | None = None) -> None:
+    """Pretraining's report: raw-prompt accuracy per task, steps and time."""
+    console = console or Console()
+    console.print(accuracy_table(report["accuracy_raw"], f"{report['command']}: raw-prompt accuracy"))
+    note = " (interrupted)" if report.get("interrupted") else ""
+    console.print(f"{report['steps']} steps in {report['wall_seconds']:.1f} s{note}; checkpoint: {report['checkpoint']}")

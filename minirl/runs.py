@@ -1,144 +1,308 @@
-"""Whole jobs: make a run directory, train, evaluate, save, and write report.json.
+"""Whole jobs: resolve a config, make a run directory, train, evaluate, save, and write report.json.
 
-The CLI parses options into config dataclasses and calls one of these; tests
-and tutorials call them directly.
+A job is named by its command: `pretrain`, or an algorithm of `minirl run`
+(sft, grpo, ppo, reinforce, rloo, ...). Its configuration is a set of config
+dataclasses, one per section (`[grpo]`, `[train]`, `[optimizer]`; pretraining
+also `[model]` and `[pretrain]`), resolved in layers, each overriding the last:
+
+    1. the dataclasses' own defaults (the reference libraries' values: TRL, CleanRL, PyTorch)
+    2. the algorithm's preset, `minirl/presets/<name>.toml` (the tuned toy recipe, with its reasons)
+    3. a user's TOML file (`--config FILE`; a run directory's config.toml reruns that run)
+    4. single settings (`--lr 1e-4` on the CLI, `lr=1e-4` from Python), routed to their section by name
+
+so `minirl run grpo` and `minirl.runs.rl("grpo")` train exactly the same
+thing. Every run writes its fully resolved config as `config.toml`.
+
+The CLI parses options and calls these; tests and tutorials call them directly:
+
+    from minirl import runs
+    report = runs.rl("grpo", seed=1, lr=1e-4)        # = minirl run grpo --seed 1 --lr 1e-4
+    report = runs.resume("runs/grpo-20261129-120000") # continue an interrupted run
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
-from dataclasses import asdict, is_dataclass
+import warnings
 from datetime import datetime
 from pathlib import Path
 
-from minirl.checkpoint import RunDir
+import numpy as np
+
+from minirl.checkpoint import (CONFIG_NAME, CheckpointError, atomic_write_json, atomic_write_text, iter_tensors,
+                               load_checkpoint, read_header, save_checkpoint, _dumps)
+from minirl.config import dumps_toml, from_values, load_toml, to_values
 from minirl.evaluate import benchmark
 from minirl.loading import load
 from minirl.model import Transformer, TransformerConfig
+from minirl.optim import OptimizerConfig, make_optimizer
 from minirl.precision import get_policy
-from minirl.rl import make_algorithm
-from minirl.rl.sft import SFT, Pretrain, PretrainConfig, SFTConfig
 from minirl.tasks import TASKS, CharTokenizer
-from minirl.train import TrainConfig, train
+from minirl.train import TrainConfig, TrainState, train
 
 BENCH_N = 200
 """Held-out problems per task in every benchmark."""
+PRESETS_DIR = Path(__file__).parent / "presets"
+IGNORED_IN_ANALYSIS = ("value_head.weight", "score.weight")
+"""Heads a run adds to the model: not part of the update whose sparsity the papers measure."""
+
+
+# ------------------------------------------------------------------------- run directories
+class RunDir:
+    """A run's directory.
+
+    Layout::
+
+        run/config.toml            the fully resolved config (`--config run/config.toml` reruns it)
+        run/metrics.jsonl          one JSON object per step, appended and flushed
+        run/<name>.json            other documents, e.g. report.json (atomic)
+        run/checkpoints/<name>/    model.safetensors + config.json; names: last, final
+        run/checkpoints/last/      also optimizer.safetensors + trainer_state.json: what --resume needs
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def metrics_path(self) -> Path:
+        """The metrics.jsonl file."""
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """The directory holding checkpoints."""
+        return self.path / "checkpoints"
+
+    def write_json(self, name: str, obj) -> Path:
+        """Atomically write ``run/<name>`` (".json" added if missing)."""
+        file = self.path / (name if name.endswith(".json") else name + ".json")
+        atomic_write_json(file, obj)
+        return file
+
+    def read_json(self, name: str):
+        """Read ``run/<name>`` (".json" added if missing)."""
+        return json.loads((self.path / (name if name.endswith(".json") else name + ".json")).read_text())
+
+    def write_config(self, text: str) -> Path:
+        """Atomically write the resolved config as ``run/config.toml``."""
+        atomic_write_text(self.path / "config.toml", text)
+        return self.path / "config.toml"
+
+    def log(self, metrics: dict | None = None, **more) -> None:
+        """Append one JSON line to metrics.jsonl and flush it."""
+        line = (_dumps({**(metrics or {}), **more}) + "\n").encode("utf-8")
+        with open(self.metrics_path, "ab+") as f:
+            if f.tell() > 0:  # a crash mid-append left a torn line: end it so this record stays whole
+                f.seek(-1, 2)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
+            f.write(line)
+            f.flush()
+
+    def read_metrics(self) -> list[dict]:
+        """Every logged record; torn lines (a crash mid-append) are skipped with a warning."""
+        if not self.metrics_path.exists():
+            return []
+        out, torn = [], 0
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                torn += 1
+        if torn:
+            warnings.warn(f"{self.metrics_path}: skipped {torn} torn line(s)")
+        return out
+
+    def truncate_metrics(self, steps: int) -> list[dict]:
+        """Keep the records of the first `steps` steps (those a resumed run does not redo); return them."""
+        kept = [m for m in self.read_metrics() if m.get("step", 0) < steps]
+        atomic_write_text(self.metrics_path, "".join(_dumps(m) + "\n" for m in kept))
+        return kept
+
+    def checkpoint_path(self, name) -> Path:
+        """``checkpoints/<name>``; an int step becomes ``step_000123``."""
+        return self.checkpoints_dir / (f"step_{name:06d}" if isinstance(name, int) else name)
+
+    def save(self, name, tensors: dict[str, np.ndarray], config: dict, dtype="bf16", extra=None) -> Path:
+        """Atomically save a checkpoint under ``checkpoints/<name>``."""
+        return save_checkpoint(self.checkpoint_path(name), tensors, config, dtype, extra)
+
+    def save_model(self, name, model, precision="bf16", extra=None) -> Path:
+        """Save a model in the storage dtype of `precision` (a policy name), which holds its weights exactly."""
+        if hasattr(model, "checkpoint_config"):
+            config = model.checkpoint_config()
+        else:
+            config = getattr(model, "config", None)
+            config = config.to_dict() if hasattr(config, "to_dict") else {}
+        return self.save(name, model.state_dict(), config, get_policy(precision).dtype_name, extra)
+
+    def save_state(self, name, model, precision, state: TrainState | None) -> Path:
+        """Save the weights and, unless `state` is None, what resuming needs (atomically, together)."""
+        extra = None
+        if state is not None:
+            opt = dict(state.optimizer)
+            extra = {"optimizer.safetensors": opt.pop("tensors"),
+                     "trainer_state.json": {"step": state.step, "optimizer": opt, "rng": state.rng,
+                                            "algorithm": state.algorithm, "wall_seconds": state.wall_seconds}}
+        return self.save_model(name, model, precision, extra)
+
+    def load_state(self, name, model) -> TrainState | None:
+        """Load ``checkpoints/<name>`` into `model` and return its TrainState; None when there is no such checkpoint."""
+        path = self.checkpoint_path(name)
+        if not path.exists() and not (path.parent / f".{path.name}.old").is_dir():
+            return None
+        state_file = path / "trainer_state.json"
+        if not state_file.is_file():
+            raise CheckpointError(f"{path} holds weights but no trainer_state.json (it was saved after a failed "
+                                  "update), so the run cannot be resumed from it; start a new run with "
+                                  f"--config {self.path / 'config.toml'}")
+        tensors, _ = load_checkpoint(path)
+        model.load_state_dict(tensors)
+        doc = json.loads(state_file.read_text())
+        optimizer = {**doc["optimizer"], "tensors": dict(iter_tensors(path / "optimizer.safetensors"))}
+        return TrainState(doc["step"], optimizer, doc["rng"], doc.get("algorithm", {}), doc.get("wall_seconds", 0.0))
+
+    def load(self, name) -> tuple[dict[str, np.ndarray], dict]:
+        """Load ``checkpoints/<name>``."""
+        return load_checkpoint(self.checkpoint_path(name))
+
+    def checkpoints(self) -> list[str]:
+        """Names of the saved checkpoints, sorted (step_* in step order)."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.checkpoints_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def new_run_dir(out: str | Path | None, kind: str) -> RunDir:
     """`out`, or runs/<kind>-<timestamp>; refuses to mix into a non-empty run directory."""
     path = Path(out) if out else Path("runs") / f"{kind}-{datetime.now():%Y%m%d-%H%M%S}"
     if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"run directory {path} already exists and is not empty; choose another --out")
+        raise FileExistsError(f"run directory {path} already exists and is not empty; choose another --out "
+                              f"(or continue it with --resume {path})")
     path.mkdir(parents=True, exist_ok=True)
     return RunDir(path)
 
 
-def _storage_dtype(precision: str) -> str:
-    """Checkpoint dtype that keeps a run's stored weights exactly (bf16 runs save bf16, others fp32)."""
-    return "bf16" if precision in ("bf16", "pure_bf16") else "fp32"
+# ------------------------------------------------------------------------- configs
+def algorithms() -> dict:
+    """name -> (config class, algorithm class) of every `minirl run` algorithm."""
+    from minirl.rl import algorithms as registry
+
+    return registry()
 
 
-def _config_dict(**configs) -> dict:
-    return {k: asdict(v) if is_dataclass(v) else v for k, v in configs.items()}
+def sections(name: str) -> dict[str, type]:
+    """The config sections of job `name` ("pretrain" or an algorithm), section name -> dataclass."""
+    from minirl.rl.sft import PretrainConfig
+
+    if name == "pretrain":
+        return {"model": TransformerConfig, "pretrain": PretrainConfig, "train": TrainConfig,
+                "optimizer": OptimizerConfig}
+    table = algorithms()
+    if name not in table:
+        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(table)}")
+    return {name: table[name][0], "train": TrainConfig, "optimizer": OptimizerConfig}
 
 
-def pretrain(model_cfg: TransformerConfig, data_cfg: PretrainConfig, train_cfg: TrainConfig,
-             out=None, progress: bool = True, bench_n: int | None = None) -> dict:
-    """Train a base model from scratch on the raw task mixture; returns the report dict."""
-    bench_n = BENCH_N if bench_n is None else bench_n
-    tok = CharTokenizer()
-    if model_cfg.vocab_size != tok.vocab_size:
-        raise ValueError(f"TransformerConfig.vocab_size must equal the tokenizer's {tok.vocab_size}, got {model_cfg.vocab_size}")
-    run = new_run_dir(out, "pretrain")
-    run.write_config(_config_dict(command="pretrain", model=model_cfg, data=data_cfg, train=train_cfg))
-    model = Transformer(model_cfg, seed=train_cfg.seed, tokenizer=tok)
-    result = train(model, Pretrain(data_cfg, tok), train_cfg, run=run, progress=progress)
-    run.save_model("final", model, _storage_dtype(train_cfg.precision))
-    report = {
-        "command": "pretrain", "seed": train_cfg.seed, "steps": len(result.history),
-        "interrupted": result.interrupted, "wall_seconds": result.wall_seconds,
-        "parameters": model.num_parameters(), "final_loss": result.history[-1]["loss"] if result.history else None,
-        "accuracy_raw": benchmark(model, data_cfg.tasks, n=bench_n, prompt_format="raw"),
-        "checkpoint": str(run.checkpoint_path("final")),
-    }
-    run.write_json("report", report)
-    return report
+def command_of(name: str) -> str:
+    return "pretrain" if name == "pretrain" else f"run {name}"
 
 
-def sft(init, data_cfg: SFTConfig, train_cfg: TrainConfig, out=None, progress: bool = True,
-        bench_n: int | None = None) -> dict:
-    """Instruction-tune `init` (a shipped name or a checkpoint) on chat-format examples."""
-    bench_n = BENCH_N if bench_n is None else bench_n
-    model = load(init)
-    run = new_run_dir(out, "sft")
-    run.write_config(_config_dict(command="run sft", init=str(init), data=data_cfg, train=train_cfg))
-    tasks = tuple(sorted(set(data_cfg.tasks)))
-    before = benchmark(model, tasks, n=bench_n)
-    start = time.perf_counter()
-    result = train(model, SFT(data_cfg, model.tokenizer), train_cfg, run=run, progress=progress)
-    run.save_model("final", model, _storage_dtype(train_cfg.precision))
-    report = {
-        "command": "run sft", "init": str(init), "seed": train_cfg.seed, "steps": len(result.history),
-        "interrupted": result.interrupted, "wall_seconds": time.perf_counter() - start,
-        "final_loss": result.history[-1]["loss"] if result.history else None,
-        "accuracy": {"before": before, "after": benchmark(model, tasks, n=bench_n)},
-        "checkpoint": str(run.checkpoint_path("final")),
-    }
-    run.write_json("report", report)
-    return report
+def preset(name: str) -> dict:
+    """The preset of job `name` as a dict (minirl/presets/<name>.toml)."""
+    return load_toml(PRESETS_DIR / f"{name}.toml")
 
 
-# ------------------------------------------------------------------------ RL
-PAPER = {
-    "sparsity_range": "68.5 % to 96.0 % (Table 1, 7 algorithms, 10 models)",
-    "sparsity_by_algorithm": {
-        "grpo": [68.5, "GRPO, DeepSeek-Math-7B (Table 1)"],
-        "ppo": [80.8, "PPO, Mistral-7B (Table 1)"],
-    },
-    "sparsity_kl": "GRPO 69.8 % with KL, 68.8 % without",
-    "sft_sparsity": "6 % to 15 %",
-    "rank_range": "99.2 % to 99.8 % of full rank (mean over matrices)",
-    "tol": 1e-5,
-}
-"""Paper 1's headline numbers (docs/PAPERS.md, arXiv 2505.11711), printed beside minirl's."""
+@dataclasses.dataclass
+class RunSpec:
+    """A job's fully resolved configuration."""
+
+    name: str
+    """The job: "pretrain" or an algorithm name."""
+    init: str | None
+    """The model to start from (a shipped name or a checkpoint path); None for pretraining."""
+    configs: dict
+    """Section name -> config dataclass instance."""
+
+    @property
+    def command(self) -> str:
+        return command_of(self.name)
+
+    def __getitem__(self, section: str):
+        return self.configs[section]
+
+    def to_dict(self) -> dict:
+        top = {"command": self.command} | ({"init": self.init} if self.init is not None else {})
+        return top | {sec: to_values(cfg) for sec, cfg in self.configs.items()}
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict(), header=f"minirl {self.command}: the fully resolved config of this run.\n"
+                          f"Rerun it with `minirl {self.command} --config <this file>`.")
 
 
-def update_analysis(theta0: dict, theta1: dict, precision: str, ignore=("value_head.weight", "score.weight")) -> dict:
-    """Sparsity (bf16 tol 1e-5 and bitwise), per-tensor, and update rank of θ1 − θ0."""
-    from minirl.analysis import compare_state_dicts, rank_report
+def _merge(values: dict, layer: dict, source: str, name: str, classes: dict) -> str | None:
+    """Merge one TOML layer into `values` (section -> dict), checking sections, keys and the command."""
+    init = None
+    for key, value in layer.items():
+        if isinstance(value, dict):
+            if key not in classes:
+                raise ValueError(f"{source}: [{key}] is not a section of `minirl {command_of(name)}` "
+                                 f"(its sections: {', '.join(f'[{s}]' for s in classes)})")
+            allowed = [f.name for f in dataclasses.fields(classes[key]) if f.init]
+            unknown = sorted(set(value) - set(allowed))
+            if unknown:
+                raise ValueError(f"{source}: [{key}] has unknown key(s) {', '.join(unknown)}; "
+                                 f"allowed: {', '.join(allowed)}")
+            values[key].update(value)
+        elif key == "init":
+            init = value
+        elif key == "command":
+            if value != command_of(name):
+                raise ValueError(f"{source} is the config of `minirl {value}`, not of `minirl {command_of(name)}`")
+        else:
+            raise ValueError(f"{source}: unknown top-level key {key!r} (allowed: command, init, and sections)")
+    return init
 
-    theta0 = {k: v for k, v in theta0.items() if k not in ignore}
-    theta1 = {k: v for k, v in theta1.items() if k not in ignore}
-    sp = compare_state_dicts(theta0, theta1, tol=1e-5, dtype="bf16")
-    rk = rank_report(theta0, theta1, dtype="bf16" if precision != "fp32" else "fp32")
-    out = {
-        "sparsity": {
-            "overall": sp.overall, "bitwise": sp.bitwise, "tol": 1e-5, "n_params": sp.n_params,
-            "per_tensor": sp.per_tensor, "per_tensor_bitwise": sp.per_tensor_bitwise,
-            "by_tol": {f"{t:g}": v for t, v in sp.by_tol.items()},
-        },
-        "rank": {"mean_fraction": rk.mean_fraction, "per_tensor": rk.per_tensor},
-    }
-    if precision == "fp32":  # the weights are not bf16: also count exact fp32 changes
-        fp = compare_state_dicts(theta0, theta1, tol=0.0, dtype="fp32")
-        out["sparsity"]["fp32_exact"] = fp.bitwise
-    return out
+
+def resolve(name: str, config=None, **overrides) -> RunSpec:
+    """Job `name`'s config: dataclass defaults, then its preset, then the TOML file `config`, then `overrides`."""
+    classes = sections(name)
+    owner = {}
+    for sec, cls in classes.items():
+        for f in dataclasses.fields(cls):
+            assert f.name not in owner, f"setting {f.name!r} is in both [{owner[f.name]}] and [{sec}]"
+            owner[f.name] = sec
+    values = {sec: {} for sec in classes}
+    init = _merge(values, preset(name), f"preset {name}.toml", name, classes)
+    if config is not None:
+        init = _merge(values, load_toml(config), str(config), name, classes) or init
+    for key, value in overrides.items():
+        if key == "init":
+            init = value
+        elif key in owner:
+            values[owner[key]][key] = value
+        else:
+            raise ValueError(f"unknown setting {key!r} for `minirl {command_of(name)}`; known: "
+                             f"init, {', '.join(sorted(owner))}")
+    configs = {sec: from_values(cls, values[sec], f"[{sec}]") for sec, cls in classes.items()}
+    if name != "pretrain" and init is None:
+        raise ValueError(f"`minirl {command_of(name)}` needs an init model (--init)")
+    return RunSpec(name, None if name == "pretrain" else str(init), configs)
 
 
+# ------------------------------------------------------------------------- measurements
 def relative_step(lr: float, model) -> dict:
     """lr / rms(w) over the 2-D weight matrices: the regime knob of docs/PAPERS.md's scale matching."""
-    import numpy as np
-
-    mats = [p.data for name, p in model.named_parameters() if p.ndim == 2 and "value_head" not in name]
+    mats = [p.data for name, p in model.named_parameters() if p.ndim == 2 and name not in IGNORED_IN_ANALYSIS]
     rms = float(np.sqrt(sum(float((m.astype(np.float64) ** 2).sum()) for m in mats) / sum(m.size for m in mats)))
     return {"lr": lr, "rms_w": rms, "lr_over_rms": lr / rms}
 
 
 def final_kl(policy, ref, task: str, seed: int, n: int = 256, temperature: float = 1.0) -> dict:
     """Mean per-sequence KL(π‖π_ref) on fresh samples of the final policy (k1 and k3 estimators)."""
-    import numpy as np
-
     from minirl.rl.kl import k1, k3
     from minirl.rl.rollout import frozen_logprobs, sample_rollout
 
@@ -149,39 +313,141 @@ def final_kl(policy, ref, task: str, seed: int, n: int = 256, temperature: float
             "n": n}
 
 
-def rl(algo_name: str, algo_cfg, train_cfg: TrainConfig, init="sft", out=None, progress: bool = True,
-       bench_n: int | None = None) -> dict:
-    """An RL run from `init`: before/after accuracy on every task, KL, and what the update did to the weights."""
+def update_analysis(theta0: dict, theta1: dict, precision: str) -> dict:
+    """Sparsity (bf16, every tolerance and bitwise), fp32-exact changes, per tensor, and rank of θ1 − θ0: one pass."""
+    from minirl.analysis import analyze_update
+
+    # Δ's rank is taken in the storage precision (bf16 for bf16 and fp16 runs' papers-lens view, fp32 for fp32)
+    return analyze_update(theta0, theta1, rank_dtype="fp32" if precision == "fp32" else "bf16",
+                          ignore=IGNORED_IN_ANALYSIS).to_dict()
+
+
+def paper_beside(algorithm: str) -> dict:
+    """Paper 1's numbers a run's report prints beside its own, quoted from minirl/papers.toml."""
+    from minirl.papers import papers
+
+    p = papers()
+    sp = p["sparsity"]
+    row = sp["table1"].get(algorithm)
+    return {
+        "arxiv": sp["arxiv"],
+        "table1_range": sp["table1"]["range"],
+        "table1_row": {"algorithm": algorithm, **row} if isinstance(row, dict) else None,
+        "sft_range": sp["sft"]["range"],
+        "kl": sp["kl"],
+        "rank_range": sp["rank"]["range"],
+        "tol": sp["tol"]["value"],
+        "relative_step": p["scale_matching"]["relative_step"],
+    }
+
+
+# ------------------------------------------------------------------------- jobs
+def _open_run(spec: RunSpec, out) -> RunDir:
+    """A new run directory holding the spec's config.toml."""
+    rundir = new_run_dir(out, spec.name)
+    rundir.write_config(spec.to_toml())
+    return rundir
+
+
+def pretrain(config=None, out=None, progress: bool = True, bench_n: int | None = None, **overrides) -> dict:
+    """Train a base model from scratch on the raw task mixture (`minirl pretrain`); returns the report dict."""
+    return execute(resolve("pretrain", config, **overrides), out, progress, bench_n)
+
+
+def _pretrain(spec: RunSpec, rundir: RunDir, progress: bool, bench_n, resume: bool) -> dict:
+    from minirl.rl.sft import Pretrain
+
     bench_n = BENCH_N if bench_n is None else bench_n
-    needs_value = algo_name == "ppo"
-    policy = load(init, value_head=needs_value)
-    ref = load(init)
-    run = new_run_dir(out, algo_name)
-    run.write_config(_config_dict(command=f"run {algo_name}", init=str(init), algo=algo_cfg, train=train_cfg))
-    algo = make_algorithm(algo_name, algo_cfg, ref)
-    store = get_policy(train_cfg.precision)
-    theta0 = {k: store.store(v) for k, v in policy.state_dict().items()}  # θ0 as stored under the policy
-    regime = relative_step(train_cfg.lr, policy)
+    tok = CharTokenizer()
+    model_cfg, data_cfg, train_cfg = spec["model"], spec["pretrain"], spec["train"]
+    if model_cfg.vocab_size != tok.vocab_size:
+        raise ValueError(f"TransformerConfig.vocab_size must equal the tokenizer's {tok.vocab_size}, "
+                         f"got {model_cfg.vocab_size}")
+    model = Transformer(model_cfg, seed=train_cfg.seed, tokenizer=tok)
+    result = train(model, Pretrain(data_cfg), train_cfg, spec["optimizer"], run=rundir, progress=progress,
+                   resume=resume)
+    rundir.save_model("final", model, train_cfg.precision)
+    report = {
+        "command": "pretrain", "seed": train_cfg.seed, "steps": len(result.history),
+        "interrupted": result.interrupted, "wall_seconds": result.wall_seconds,
+        "parameters": model.num_parameters(), "final_loss": result.history[-1]["loss"] if result.history else None,
+        "accuracy_raw": benchmark(model, data_cfg.tasks, n=bench_n, prompt_format="raw"),
+        "config": spec.to_dict(), "checkpoint": str(rundir.checkpoint_path("final")), "run_dir": str(rundir.path),
+    }
+    rundir.write_json("report", report)
+    return report
+
+
+def rl(name: str, config=None, out=None, progress: bool = True, bench_n: int | None = None, **overrides) -> dict:
+    """Fine-tune with algorithm `name` (grpo, ppo, sft, ...): `minirl run NAME`; returns the report dict."""
+    return execute(resolve(name, config, **overrides), out, progress, bench_n)
+
+
+def execute(spec: RunSpec, out=None, progress: bool = True, bench_n: int | None = None) -> dict:
+    """Run a resolved job in a new run directory `out` (default runs/<name>-<time>); returns the report dict."""
+    if spec.name == "pretrain":
+        return _pretrain(spec, _open_run(spec, out), progress, bench_n, resume=False)
+    return _finetune(spec, out, None, progress, bench_n)
+
+
+def sft(config=None, out=None, progress: bool = True, bench_n: int | None = None, **overrides) -> dict:
+    """Instruction-tune a model (`minirl run sft`)."""
+    return rl("sft", config, out, progress, bench_n, **overrides)
+
+
+def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n) -> dict:
+    """Any algorithm from an init model: accuracy on every task before/after, KL, and what the update did.
+
+    Resumes `rundir` when given, else makes a new run directory `out` once the init model has loaded.
+    """
+    bench_n = BENCH_N if bench_n is None else bench_n
+    algo_cfg, train_cfg, optim_cfg = spec[spec.name], spec["train"], spec["optimizer"]
+    algo_cls = algorithms()[spec.name][1]
+    policy = load(spec.init, value_head=True if getattr(algo_cls, "value_head", False) else None)
+    ref = load(spec.init)
+    resume = rundir is not None
+    rundir = rundir or _open_run(spec, out)
+    algo = algo_cls(algo_cfg, ref)
+    trained = [algo_cfg.task] if hasattr(algo_cfg, "task") else list(dict.fromkeys(algo_cfg.tasks))
     tasks = list(TASKS)
     before = benchmark(policy, tasks, n=bench_n)
-    result = train(policy, algo, train_cfg, run=run, progress=progress)
-    run.save_model("final", policy, _storage_dtype(train_cfg.precision))
+    optimizer = make_optimizer(list(policy.named_parameters()), optim_cfg, train_cfg.precision)
+    theta0 = policy.state_dict()  # θ0 as stored: the optimizer has rounded the weights to the storage grid
+    regime = relative_step(optim_cfg.lr, policy)
+    result = train(policy, algo, train_cfg, optim_cfg, run=rundir, optimizer=optimizer, progress=progress,
+                   resume=resume)
+    rundir.save_model("final", policy, train_cfg.precision)
     after = benchmark(policy, tasks, n=bench_n)
-    task = algo_cfg.task
     report = {
-        "algorithm": algo_name, "task": task, "init": str(init), "seed": train_cfg.seed,
+        "command": spec.command, "algorithm": spec.name, "init": spec.init, "seed": train_cfg.seed,
         "steps": len(result.history), "interrupted": result.interrupted, "precision": train_cfg.precision,
-        "wall_seconds": result.wall_seconds,
-        "accuracy": {"before": before[task], "after": after[task]},
-        "tax": {t: {"before": before[t], "after": after[t]} for t in tasks if t != task},
-        "reward_curve": [h.get("reward", float("nan")) for h in result.history],
-        "train_accuracy_curve": [h.get("accuracy", float("nan")) for h in result.history],
-        "kl": final_kl(policy, ref, task, train_cfg.seed),
-        "regime": regime,
-        "paper": PAPER,
-        "checkpoint": str(run.checkpoint_path("final")),
-        "run_dir": str(run.path),
+        "wall_seconds": result.wall_seconds, "trained_tasks": trained,
+        "accuracy": {"before": before, "after": after},
+        "curves": {k: [h.get(k, float("nan")) for h in result.history] for k in ("loss", "reward", "accuracy")
+                   if any(k in h for h in result.history)},
+        "regime": regime, "paper": paper_beside(spec.name),
+        "config": spec.to_dict(), "checkpoint": str(rundir.checkpoint_path("final")), "run_dir": str(rundir.path),
     }
+    if hasattr(algo_cfg, "task"):  # a policy sampled on one task: its KL to the reference there
+        report["kl"] = final_kl(policy, ref, algo_cfg.task, train_cfg.seed)
     report.update(update_analysis(theta0, policy.state_dict(), train_cfg.precision))
-    run.write_json("report", report)
+    rundir.write_json("report", report)
     return report
+
+
+def job_name(run_dir) -> str:
+    """The job ("pretrain", "grpo", ...) whose resolved config.toml `run_dir` holds."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.toml: not a minirl run directory")
+    command = load_toml(run_dir / "config.toml").get("command", "")
+    return "pretrain" if command == "pretrain" else command.removeprefix("run ")
+
+
+def resume(run_dir, progress: bool = True, bench_n: int | None = None) -> dict:
+    """Continue an interrupted run from its own config.toml and its checkpoints/last; returns the report dict."""
+    name = job_name(run_dir)
+    spec = resolve(name, Path(run_dir) / "config.toml")
+    if name == "pretrain":
+        return _pretrain(spec, RunDir(run_dir), progress, bench_n, resume=True)
+    return _finetune(spec, None, RunDir(run_dir), progress, bench_n)

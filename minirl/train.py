@@ -11,6 +11,12 @@ step (the precision policy stores the weights) -> log. A non-finite loss or
 gradient stops training with the step and the tensor named, before the
 optimizer touches the weights, so the last good checkpoint stays good.
 Ctrl-C finishes the current step, saves, and returns: nothing is lost.
+
+Resume: every save of `checkpoints/last` (each `checkpoint_every` steps, at
+the end, and on Ctrl-C) holds the weights and a `TrainState` (optimizer
+state, RNG state, step, the algorithm's state), so a run stopped by Ctrl-C
+or killed between checkpoints continues with `train(..., resume=True)` and
+ends with the same bits as one that never stopped.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from minirl.optim import AdamW, LRSchedule, clip_grad_norm
+from minirl.config import check_fields
+from minirl.optim import OptimizerConfig, clip_grad_norm, make_optimizer, make_schedule
 from minirl.precision import POLICY_NAMES
 from minirl.rl.rollout import RewardError
 
@@ -33,24 +40,10 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """What every run shares: steps, optimiser, precision, seed, logging."""
+    """What every run shares: steps, precision, gradient clipping, seed, checkpoints."""
 
     steps: int = 100
     """Number of batches (rollouts for RL) to train on."""
-    lr: float = 1e-3
-    """Peak learning rate of AdamW."""
-    schedule: str = "constant"
-    """Learning-rate schedule: constant, linear_warmup or cosine."""
-    warmup_steps: int = 0
-    """Linear warmup steps (optimizer steps)."""
-    min_lr_ratio: float = 0.1
-    """Cosine only: final lr as a fraction of the peak."""
-    weight_decay: float = 0.0
-    """Decoupled weight decay of AdamW."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW's moment decay rates."""
-    eps: float = 1e-8
-    """AdamW's epsilon."""
     grad_clip: float | None = 1.0
     """Clip the global gradient norm to this (None: no clipping)."""
     precision: str = "bf16"
@@ -58,41 +51,32 @@ class TrainConfig:
     seed: int = 0
     """Seed of every random choice in the run."""
     checkpoint_every: int = 0
-    """Save `checkpoints/last` every this many steps (0: only at the end)."""
+    """Save a resumable `checkpoints/last` every this many steps (0: only at the end or on Ctrl-C)."""
 
     def __post_init__(self):
-        if int(self.steps) < 0:
-            raise ValueError(f"TrainConfig.steps must be >= 0, got {self.steps}")
-        if not (self.lr >= 0 and math.isfinite(self.lr)):
-            raise ValueError(f"TrainConfig.lr must be a finite number >= 0, got {self.lr}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"TrainConfig.checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.precision not in POLICY_NAMES:
-            raise ValueError(f"TrainConfig.precision must be one of {', '.join(POLICY_NAMES)}; got {self.precision!r}")
-        if int(self.warmup_steps) < 0:
-            raise ValueError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas}")
-        if not self.eps > 0:
-            raise ValueError(f"TrainConfig.eps must be > 0, got {self.eps}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
-        self.schedule_fn()  # validates schedule, warmup_steps, min_lr_ratio
+        check_fields(self, [
+            ("steps", int(self.steps) == self.steps and self.steps >= 0, "an integer >= 0"),
+            ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "> 0 or None"),
+            ("precision", self.precision in POLICY_NAMES, "one of " + ", ".join(POLICY_NAMES)),
+            ("checkpoint_every", int(self.checkpoint_every) == self.checkpoint_every and self.checkpoint_every >= 0,
+             "an integer >= 0"),
+        ])
 
-    def schedule_fn(self, total_updates: int | None = None) -> LRSchedule:
-        total = max(total_updates or self.steps, 1, self.warmup_steps)
-        if self.schedule not in ("constant", "linear_warmup", "cosine"):
-            raise ValueError(f"TrainConfig.schedule must be one of constant, linear_warmup, cosine; got {self.schedule!r}")
-        if self.schedule == "cosine":
-            return LRSchedule("cosine", self.warmup_steps, total, self.min_lr_ratio)
-        return LRSchedule(self.schedule, self.warmup_steps)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+@dataclass
+class TrainState:
+    """Where a run stands after a step: what `--resume` restores besides the weights."""
+
+    step: int
+    """Steps completed."""
+    optimizer: dict
+    """`Optimizer.state_dict()`: master weights, moments, step counts, base lr."""
+    rng: dict
+    """The run's `np.random.Generator` state (`bit_generator.state`)."""
+    algorithm: dict = field(default_factory=dict)
+    """The algorithm's own state (e.g. PPO's adaptive KL coefficient), if it has one."""
+    wall_seconds: float = 0.0
+    """Time spent in the loop so far, over every resumed part."""
 
 
 @dataclass
@@ -100,11 +84,11 @@ class TrainResult:
     """What a finished (or interrupted) run returns."""
 
     history: list[dict] = field(default_factory=list)
-    """One metrics dict per step."""
+    """One metrics dict per step (resumed runs: the earlier steps too)."""
     interrupted: bool = False
     """True when Ctrl-C stopped the run early."""
     wall_seconds: float = 0.0
-    """Time spent in the loop."""
+    """Time spent in the loop (resumed runs: every part)."""
 
 
 class _StopFlag:
@@ -141,28 +125,50 @@ def check_finite(step: int, loss, named_params) -> None:
             raise TrainingError(f"step {step}: gradient of {name} is not finite; this update was not applied")
 
 
-def train(policy, algo, config: TrainConfig, run=None, optimizer=None, progress: bool = True,
-          on_step=None, params=None) -> TrainResult:
+def train(policy, algo, config: TrainConfig, optim: OptimizerConfig | None = None, run=None, optimizer=None,
+          progress: bool = True, on_step=None, params=None, resume: bool = False) -> TrainResult:
     """Train `policy` with `algo` for `config.steps` batches; log to `run` (a RunDir) if given.
 
     `params` are the (name, Parameter) pairs to update (default: all of the
-    policy's); `optimizer` defaults to AdamW with the config's settings and
-    precision policy. `on_step(step, metrics)` is called after each step.
+    policy's); `optimizer` defaults to `make_optimizer(params, optim,
+    config.precision)`, and the schedule of `optim` sets its lr to
+    `optimizer.base_lr * schedule(update)` before every update. With
+    `resume=True` the run continues from `run`'s `checkpoints/last` (weights,
+    optimizer state, RNG state, step, the algorithm's state) when it has one;
+    metrics logged after that checkpoint are dropped, so the resumed run logs
+    exactly what an uninterrupted one would. `on_step(step, metrics)` is
+    called after each step.
     """
     named = list(params if params is not None else policy.named_parameters())
+    optim = optim if optim is not None else OptimizerConfig()
     if optimizer is None:
-        optimizer = AdamW(named, lr=config.lr, betas=config.betas, eps=config.eps,
-                          weight_decay=config.weight_decay, precision=config.precision)
+        optimizer = make_optimizer(named, optim, config.precision)
     updates_per_step = getattr(algo, "updates_per_step", 1)
-    schedule = config.schedule_fn(config.steps * updates_per_step)
+    schedule = make_schedule(optim, config.steps * updates_per_step)
     rng = np.random.default_rng([config.seed, 1])
-    result = TrainResult()
+    result, start_step, elapsed = TrainResult(), 0, 0.0
+    if resume and run is not None:
+        state = run.load_state("last", policy)  # the weights go into the policy
+        if state is not None:
+            optimizer.load_state_dict(state.optimizer)
+            rng.bit_generator.state = state.rng
+            if state.algorithm:
+                algo.load_state_dict(state.algorithm)
+            start_step, elapsed = state.step, state.wall_seconds
+        result.history = run.truncate_metrics(start_step)
+
+    def snapshot(step: int) -> TrainState:
+        algo_state = algo.state_dict() if hasattr(algo, "state_dict") else {}
+        return TrainState(step, optimizer.state_dict(), rng.bit_generator.state, algo_state,
+                          elapsed + time.perf_counter() - start)
+
     start = time.perf_counter()
     bar = _progress(progress)
+    step = start_step
     try:
         with _StopFlag() as stop, bar:
-            task = bar.add_task(algo.name, total=config.steps) if bar else None
-            for step in range(config.steps):
+            task = bar.add_task(algo.name, total=config.steps, completed=start_step) if bar else None
+            for step in range(start_step, config.steps):
                 t0 = time.perf_counter()
                 try:
                     batch = algo.batch(policy, rng, step)
@@ -177,7 +183,7 @@ def train(policy, algo, config: TrainConfig, run=None, optimizer=None, progress:
                     loss.backward()
                     check_finite(step, loss, named)
                     grad_norm = clip_grad_norm(optimizer.params, config.grad_clip) if config.grad_clip else float("nan")
-                    optimizer.lr = config.lr * schedule(optimizer.step_count)
+                    optimizer.lr = optimizer.base_lr * schedule(optimizer.step_count)
                     optimizer.step()
                     for k, v in {"loss": float(loss.data), "grad_norm": grad_norm, **stats}.items():
                         stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
@@ -189,7 +195,7 @@ def train(policy, algo, config: TrainConfig, run=None, optimizer=None, progress:
                 if run is not None:
                     run.log(metrics)
                     if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-                        run.save_model("last", policy, config.precision)
+                        run.save_state("last", policy, config.precision, snapshot(step + 1))
                 if on_step is not None:
                     on_step(step, metrics)
                 if bar:
@@ -197,16 +203,19 @@ def train(policy, algo, config: TrainConfig, run=None, optimizer=None, progress:
                     bar.update(task, advance=1, description=f"{algo.name} " + " ".join(f"{k} {v:.3f}" for k, v in shown.items()))
                 if stop.requested:
                     result.interrupted = True
+                    step += 1
                     break
+            else:
+                step = config.steps
     except TrainingError as e:
         # nothing of the failing update was applied: the current weights are the last good ones
         if run is not None:
-            path = run.save_model("last", policy, config.precision)
+            path = run.save_state("last", policy, config.precision, None)
             e.args = (f"{e.args[0] if e.args else e}; last good weights saved to {path}",) + e.args[1:]
         raise
-    result.wall_seconds = time.perf_counter() - start
+    result.wall_seconds = elapsed + time.perf_counter() - start
     if run is not None:
-        run.save_model("last", policy, config.precision)
+        run.save_state("last", policy, config.precision, snapshot(step))
     return result
 
 

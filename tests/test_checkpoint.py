@@ -12,7 +12,6 @@ import safetensors.numpy
 from minirl import checkpoint
 from minirl.checkpoint import (
     CheckpointError,
-    RunDir,
     check_shapes,
     iter_tensors,
     load_checkpoint,
@@ -271,49 +270,3 @@ def test_iter_tensors_streams_one_tensor_at_a_time(tmp_path, monkeypatch):
     for name, arr in iter_tensors(tmp_path / "ck"):
         assert counts[-1] == 64 * 64 and np.all(arr == int(name[1:]))
     assert len(counts) == 5
-
-
-def test_run_dir(tmp_path):
-    run = RunDir(tmp_path / "run")
-    run.write_config({"algo": "grpo", "lr": np.float32(1e-5)})
-    assert run.read_json("config.json") == {"algo": "grpo", "lr": pytest.approx(1e-5)}
-    for step in range(3):
-        run.log({"step": step, "reward": np.float64(step / 2)}, loss=1.0 / (step + 1))
-    with open(run.metrics_path, "a") as f:
-        f.write('{"step": 3, "rew')  # a crash mid-append
-    with pytest.warns(UserWarning, match="1 torn line"):
-        metrics = run.read_metrics()
-    assert [m["step"] for m in metrics] == [0, 1, 2] and metrics[2]["reward"] == 1.0 and metrics[1]["loss"] == 0.5
-    run.log(step=4, reward=float("nan"))  # the resumed run's first record is whole
-    with pytest.warns(UserWarning, match="1 torn line"):
-        metrics = run.read_metrics()
-    assert metrics[-1]["step"] == 4 and np.isnan(metrics[-1]["reward"])
-    t = make_tensors()
-    assert run.save(100, t, CONFIG, dtype="fp32") == tmp_path / "run" / "checkpoints" / "step_000100"
-    run.save("final", t, CONFIG, dtype="bf16")
-    run.save(20, t, CONFIG)
-    assert run.checkpoints() == ["final", "step_000020", "step_000100"]
-    assert_same(run.load(100)[0], t)
-    assert_same(run.load("final")[0], {k: to_bf16(v) for k, v in t.items()})
-    run.write_json("report", {"ok": True})
-    assert json.loads((tmp_path / "run" / "report.json").read_text()) == {"ok": True}
-    assert not [p for p in os.listdir(tmp_path / "run") if p.startswith(".")]  # no temp files
-
-
-def test_run_dir_save_model(tmp_path):
-    class Config:
-        def to_dict(self):
-            return dict(CONFIG)
-
-    class Model:  # duck type of nn.Module: state_dict() and .config
-        config = Config()
-
-        def state_dict(self):
-            return make_tensors()
-
-    run = RunDir(tmp_path)
-    path = run.save_model("last", Model(), "pure_bf16")
-    assert path == tmp_path / "checkpoints" / "last"
-    tensors, config = run.load("last")
-    assert config == CONFIG
-    assert_same(tensors, {k: to_bf16(v) for k, v in make_tensors().items()})

@@ -7,6 +7,7 @@ that (2 steps). The other tests read its run directories and checkpoints.
 
 import inspect
 import json
+import tomllib
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from click.testing import CliRunner, Result
 
 from minirl.cli import main
 from minirl.options import field_docs
+from minirl.optim import OptimizerConfig
 from minirl.rl import algorithms
 from minirl.rl.sft import PretrainConfig, SFTConfig
 from minirl.train import TrainConfig
@@ -75,8 +77,9 @@ def test_pretrain_writes_a_run_directory(runs):
     assert report["command"] == "pretrain" and report["steps"] == 3 and report["interrupted"] is False
     assert set(report["accuracy_raw"]) == set(PretrainConfig().tasks)
     assert all(0 <= a <= 1 for a in report["accuracy_raw"].values())
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["model"]["hidden_size"] == 32 and config["train"]["steps"] == 3
+    config = tomllib.loads((run_dir / "config.toml").read_text())
+    assert config["command"] == "pretrain" and config["model"]["hidden_size"] == 32 and config["train"]["steps"] == 3
+    assert report["config"] == config
     assert metrics_lines(run_dir) == 3
     assert (runs["base_ckpt"] / "model.safetensors").is_file()
     assert json.loads((run_dir / "report.json").read_text()) == report
@@ -86,29 +89,30 @@ def test_sft_writes_a_run_directory(runs):
     report, run_dir = runs["sft"], runs["root"] / "sft"
     assert report["command"] == "run sft" and report["steps"] == 2
     assert set(report["accuracy"]["before"]) == set(report["accuracy"]["after"]) == set(SFTConfig().tasks)
-    assert json.loads((run_dir / "config.json").read_text())["init"] == str(runs["base_ckpt"])
+    assert tomllib.loads((run_dir / "config.toml").read_text())["init"] == str(runs["base_ckpt"])
+    assert report["trained_tasks"] == list(SFTConfig().tasks) and report["algorithm"] == "sft"
     assert metrics_lines(run_dir) == 2
     assert (runs["sft_ckpt"] / "model.safetensors").is_file()
 
 
 def test_grpo_report_has_the_documented_keys(runs):
     report, run_dir = runs["grpo"], runs["root"] / "grpo"
-    assert {"algorithm", "task", "seed", "steps", "precision", "wall_seconds", "accuracy", "tax", "sparsity",
-            "rank"} <= set(report)
-    assert (report["algorithm"], report["task"], report["seed"], report["steps"], report["precision"]) == (
-        "grpo", "add", 0, 2, "bf16")
-    assert {"before", "after"} <= set(report["accuracy"])
-    assert set(report["tax"]) == {"sort", "reverse", "copy", "max", "count"}
-    assert all(set(v) == {"before", "after"} for v in report["tax"].values())
+    assert {"command", "algorithm", "trained_tasks", "seed", "steps", "precision", "wall_seconds", "accuracy",
+            "curves", "kl", "regime", "paper", "config", "sparsity", "rank"} <= set(report)
+    assert (report["algorithm"], report["trained_tasks"], report["seed"], report["steps"], report["precision"]) == (
+        "grpo", ["add"], 0, 2, "bf16")
+    assert set(report["accuracy"]) == {"before", "after"}
+    assert set(report["accuracy"]["before"]) == set(report["accuracy"]["after"]) == {
+        "add", "sort", "reverse", "copy", "max", "count"}
     sparsity, rank = report["sparsity"], report["rank"]
     assert 0 <= sparsity["overall"] <= 1 and 0 <= sparsity["bitwise"] <= 1
     assert sparsity["bitwise"] <= sparsity["overall"]  # |Δ| <= tol counts every bitwise-equal weight too
     assert "model.layers.0.self_attn.q_proj.weight" in sparsity["per_tensor"]
     assert all(0 <= v <= 1 for v in sparsity["per_tensor"].values())
     assert 0 <= rank["mean_fraction"] <= 1 and "lm_head.weight" in rank["per_tensor"]
-    assert len(report["reward_curve"]) == 2
+    assert len(report["curves"]["reward"]) == len(report["curves"]["loss"]) == 2
     assert metrics_lines(run_dir) == 2
-    assert (run_dir / "config.json").is_file() and (run_dir / "checkpoints" / "final" / "model.safetensors").is_file()
+    assert (run_dir / "config.toml").is_file() and (run_dir / "checkpoints" / "final" / "model.safetensors").is_file()
     assert json.loads((run_dir / "report.json").read_text()) == json.loads(json.dumps(report))
 
 
@@ -176,9 +180,9 @@ def _commands(group=main, path=()):
 
 def _expected_help(path) -> list[str]:
     """Docstrings the --help of a command must show: one per config dataclass it is built from."""
-    configs = {("pretrain",): [PretrainConfig, TrainConfig], ("run", "sft"): [SFTConfig, TrainConfig]}
+    configs = {("pretrain",): [PretrainConfig, TrainConfig, OptimizerConfig]}
     for name, (config_cls, _) in algorithms().items():
-        configs[("run", name)] = [config_cls, TrainConfig]
+        configs[("run", name)] = [config_cls, TrainConfig, OptimizerConfig]
     docs = [next(iter(field_docs(cls).values())) for cls in configs.get(tuple(path), [])]
     return docs + (["Width C of the residual stream."] if path == ("pretrain",) else [])
 
@@ -270,8 +274,9 @@ def test_existing_non_empty_out_is_refused_and_left_alone(tiny_checkpoint, tmp_p
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
 
 
-def test_report_of_a_non_rl_run_is_a_usage_error(runs):
-    assert "report" in usage_error("report", runs["root"] / "base")
+def test_report_of_pretraining_shows_its_raw_prompt_accuracy(runs):
+    rendered = ok("report", runs["root"] / "base").output
+    assert "raw-prompt" in rendered and "3 steps" in rendered and "add" in rendered
 
 
 def test_report_of_a_directory_without_report_is_a_usage_error(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minirl.optim import SGD, AdamW, LRSchedule, clip_grad_norm, constant, cosine, linear_warmup
-from minirl.precision import PrecisionPolicy, to_bf16
+from minirl.precision import PrecisionPolicy, to_bf16, ulp
 
 
 class P:
@@ -155,11 +155,27 @@ def test_bf16_stored_weights_always_representable_adamw():
         run(opt, params, [gs])
         for p, m in zip(params, opt.master):
             np.testing.assert_array_equal(p.data, to_bf16(m))
-    # the fp32 master equals an fp32 run's weights: rounding never feeds back
+    # the fp32 master equals an fp32 run's weights from the same (stored) start: rounding never feeds back
     ref = make_params()
+    for r in ref:
+        r.data[...] = to_bf16(r.data)
     run(AdamW(ref, lr=1e-3), ref, grads)
     for m, r in zip(opt.master, ref):
         np.testing.assert_array_equal(m, r.data)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_the_master_starts_from_the_stored_weights_so_sub_ulp_steps_change_nothing(precision):
+    # An fp32 init (off the storage grid) under bf16 storage: were the master the fp32 init, a tenth of an
+    # ULP would already flip the weights that lie near a rounding boundary (9.7 % of them, measured).
+    params = make_params(shapes=[(64, 64)])
+    stored = PrecisionPolicy(precision).store(params[0].data)
+    opt = SGD(params, lr=1.0, precision=precision)
+    np.testing.assert_array_equal(opt.master[0], stored)
+    params[0].grad = (-0.1 * ulp(stored, precision)).astype(np.float32)  # w += 0.1 ULP
+    opt.step()
+    assert np.array_equal(params[0].data, stored)  # no stored weight moved...
+    assert not np.array_equal(opt.master[0], stored)  # ...while the master did
 
 
 def test_clip_grad_norm_matches_torch():

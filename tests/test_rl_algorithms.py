@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minirl.model import Transformer, TransformerConfig
-from minirl.optim import AdamW
+from minirl.optim import AdamW, OptimizerConfig
 from minirl.rl.ppo import PPO, AdaptiveKLController, PPOConfig, logprobs_and_values
 from minirl.rl.reinforce import RLOO, Reinforce, ReinforceConfig, RLOOConfig
 from minirl.rl.rollout import RewardError, completion_logprobs
@@ -131,15 +131,15 @@ def test_reinforce_batch_is_perls_regularised_reward_minus_the_batch_mean():
     c = small(ReinforceConfig, reward="partial", beta=0.05)
     b = Reinforce(c, ref).batch(policy, np.random.default_rng(0), 0)
     B, N = 8, 5
-    assert b.tokens.shape == (B, b.prompt_len + N) and b.completion_mask.shape == (B, N)
+    assert b.generation.tokens.shape == (B, b.generation.prompt_len + N) and b.completion_mask.shape == (B, N)
     lengths = b.completion_mask.sum(axis=1).astype(int)
     assert (lengths >= 1).all()
     assert all((row[:n] == 1).all() and (row[n:] == 0).all() for row, n in zip(b.completion_mask, lengths))
 
     # the KL is the k1 sum of π (scored again, with the tape off) against the reference
     with no_grad():
-        logp = completion_logprobs(policy, b.tokens, b.attention_mask, b.prompt_len).data
-        ref_logp = completion_logprobs(ref, b.tokens, b.attention_mask, b.prompt_len).data
+        logp = completion_logprobs(policy, b.generation).data
+        ref_logp = completion_logprobs(ref, b.generation).data
     kl = ((logp - ref_logp) * b.completion_mask).sum(axis=1)
     assert np.abs(kl).max() > 0.1  # two different random models: the KL term is not vacuous
     regularised = 0.95 * b.rewards - 0.05 * kl
@@ -188,7 +188,8 @@ def test_reinforce_with_beta_zero_learns_a_one_token_bandit():
     before = p_favoured(policy)
     algo = Reinforce(ReinforceConfig(task=BanditTask(), num_prompts=64, num_generations=2, max_new_tokens=1,
                                      reward="partial", beta=0.0, baseline="mean"))
-    result = train(policy, algo, TrainConfig(steps=6, lr=3e-2, precision="fp32", seed=0), progress=False)
+    result = train(policy, algo, TrainConfig(steps=6, precision="fp32", seed=0), OptimizerConfig(lr=3e-2),
+                   progress=False)
     after = p_favoured(policy)
     print(f"REINFORCE: p('5') before {before:.4f} after {after:.4f}; rewards {[h['reward'] for h in result.history]}")
     assert before < 0.05 and after > 0.5  # 0.018 -> 0.99 with these seeds
@@ -205,8 +206,7 @@ def test_ppo_token_rewards_sum_to_task_reward_minus_kl_coef_times_the_k1_sum():
     algo, b = ppo_batch(policy, ref, kl_coef=0.1, whiten_advantages=False)
     mask = b.completion_mask
     with no_grad():
-        k1 = (completion_logprobs(policy, b.tokens, b.attention_mask, b.prompt_len).data
-              - completion_logprobs(ref, b.tokens, b.attention_mask, b.prompt_len).data) * mask
+        k1 = (completion_logprobs(policy, b.generation).data - completion_logprobs(ref, b.generation).data) * mask
     r = b.extra["token_rewards"]
     assert r.shape == mask.shape == (8, 5)
     np.testing.assert_allclose(r.sum(axis=1), b.rewards - 0.1 * k1.sum(axis=1), atol=1e-5)
@@ -235,11 +235,12 @@ def test_ppo_value_of_token_t_is_the_value_of_the_prefix_before_it():
     policy = tiny(0)
     random_value_head(policy)
     _, b = ppo_batch(policy, tiny(1))
-    P = b.prompt_len
+    gen = b.generation
+    P = gen.prompt_len
     for row in (0, 5):
         for t in range(int(b.completion_mask[row].sum())):
             with no_grad():  # the state before token t: the prompt and the first t completion tokens, nothing more
-                h = policy.hidden_states(b.tokens[row:row + 1, :P + t], b.attention_mask[row:row + 1, :P + t])
+                h = policy.hidden_states(gen.tokens[row:row + 1, :P + t], gen.attention_mask[row:row + 1, :P + t])
                 v = policy.values(h).data[0, -1]
             assert b.extra["values"][row, t] == pytest.approx(v, abs=1e-5)
 
@@ -265,6 +266,20 @@ def test_ppo_first_minibatch_has_ratio_one_and_the_loss_sees_the_old_values():
     assert stats["v_loss"] == pytest.approx(expected_v_loss, rel=1e-5)
     # pg_loss at ratio 1 is minus the masked mean advantage
     assert stats["pg_loss"] == pytest.approx(-(mb.extra["advantages"] * m).sum() / m.sum(), abs=1e-6)
+
+
+def test_rollout_take_slices_the_generation_and_the_per_sequence_arrays_alike():
+    _, b = ppo_batch(tiny(0), tiny(1))
+    idx = np.array([5, 0, 3])
+    mb = b.take(idx)
+    for name in ("tokens", "attention_mask", "completion_mask", "logprobs"):
+        np.testing.assert_array_equal(getattr(mb.generation, name), getattr(b.generation, name)[idx])
+    assert mb.generation.prompt_len == b.generation.prompt_len
+    assert mb.completion_mask is mb.generation.completion_mask
+    for name in ("old_logp", "values", "advantages", "returns"):
+        np.testing.assert_array_equal(mb.extra[name], b.extra[name][idx])
+    np.testing.assert_array_equal(mb.rewards, b.rewards[idx])
+    assert mb.completions == [b.completions[i] for i in idx] and mb.examples == [b.examples[i] for i in idx]
 
 
 def test_ppo_total_loss_reaches_the_value_head_and_the_language_model():
@@ -332,7 +347,8 @@ def test_ppo_learns_a_one_token_bandit():
     before = p_favoured(policy)
     algo = PPO(PPOConfig(task=BanditTask(), num_prompts=64, num_generations=2, max_new_tokens=1, reward="partial",
                          kl_coef=0.0, update_epochs=2, num_minibatches=2))
-    result = train(policy, algo, TrainConfig(steps=3, lr=2e-2, precision="fp32", seed=0), progress=False)
+    result = train(policy, algo, TrainConfig(steps=3, precision="fp32", seed=0), OptimizerConfig(lr=2e-2),
+                   progress=False)
     after = p_favoured(policy)
     print(f"PPO: p('5') before {before:.4f} after {after:.4f}; rewards {[h['reward'] for h in result.history]}")
     assert before < 0.05 and after > 0.5  # 0.018 -> 0.90 with these seeds
@@ -368,7 +384,7 @@ def test_train_runs_two_steps_of_each_algorithm(make, keys):
     theta0 = {k: v.data.copy() for k, v in policy.named_parameters()}
     algo = make(ref)
     optimizer = AdamW(list(policy.named_parameters()), lr=1e-2, precision="fp32")
-    result = train(policy, algo, TrainConfig(steps=2, lr=1e-2, precision="fp32"), optimizer=optimizer, progress=False)
+    result = train(policy, algo, TrainConfig(steps=2, precision="fp32"), optimizer=optimizer, progress=False)
     assert len(result.history) == 2
     for k in keys:
         # explained_variance is NaN (as CleanRL's) while the returns are constant: at step 0 with π = π_ref

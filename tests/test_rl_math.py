@@ -7,16 +7,10 @@ from hypothesis import strategies as st
 
 from minirl.gradcheck import check_grad
 from minirl.rl.advantages import discounted_returns, gae, group_advantages, rloo_advantages, whiten
+from minirl.rl.grpo import LOSS_TYPES, grpo_loss
 from minirl.rl.kl import exact_kl, k1, k2, k3, kl_estimate
-from minirl.rl.losses import (
-    LOSS_TYPES,
-    entropy_bonus,
-    grpo_loss,
-    kl_regularised_reward,
-    ppo_policy_loss,
-    ppo_value_loss,
-    reinforce_loss,
-)
+from minirl.rl.ppo import entropy_bonus, ppo_policy_loss, ppo_value_loss
+from minirl.rl.reinforce import kl_regularised_reward, reinforce_loss
 from minirl.tensor import Tensor
 
 SCALES = ("group", "batch", "none")

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 import minirl
-from minirl.checkpoint import RunDir
 from minirl.functional import _op
 from minirl.model import Transformer, TransformerConfig
+from minirl.optim import OptimizerConfig
 from minirl.precision import to_bf16, to_fp16
+from minirl.runs import RunDir
 from minirl.rl.sft import SFT, Pretrain, PretrainConfig, SFTConfig
 from minirl.tasks import CharTokenizer
 from minirl.train import TrainConfig, TrainingError, train
@@ -25,14 +26,14 @@ def tiny_model(seed: int = 0) -> Transformer:
 
 
 def sft(batch_size: int = 8) -> SFT:
-    return SFT(SFTConfig(batch_size=batch_size), TOK)
+    return SFT(SFTConfig(batch_size=batch_size))
 
 
 def run(model, algo, steps: int = 5, seed: int = 0, **kw):
-    """train() with a constant lr of 1e-2 and no progress bar; `kw` go to TrainConfig or train()."""
+    """train() with AdamW at a constant lr of 1e-2 and no progress bar; `kw` go to TrainConfig or train()."""
     config_kw = {k: kw.pop(k) for k in list(kw) if k in TrainConfig.__dataclass_fields__}
-    config = TrainConfig(steps=steps, lr=1e-2, seed=seed, **config_kw)
-    return train(model, algo, config, progress=False, **kw)
+    config = TrainConfig(steps=steps, seed=seed, **config_kw)
+    return train(model, algo, config, OptimizerConfig(lr=1e-2), progress=False, **kw)
 
 
 def states_equal(a: dict, b: dict) -> bool:
@@ -66,7 +67,7 @@ class Poisoned:
 # -------------------------------------------------------------------------------------- learning
 @pytest.mark.parametrize("objective", ["sft", "pretrain"])
 def test_loss_decreases_over_30_steps(objective):
-    algo = sft(16) if objective == "sft" else Pretrain(PretrainConfig(batch_size=8, seq_len=32), TOK)
+    algo = sft(16) if objective == "sft" else Pretrain(PretrainConfig(batch_size=8, seq_len=32))
     losses = [h["loss"] for h in run(tiny_model(), algo, steps=30).history]
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     print(f"{objective}: loss {first:.3f} -> {last:.3f}")
@@ -188,21 +189,24 @@ def test_second_ctrl_c_interrupts_at_once():
 # --------------------------------------------------------------------------------- config checks
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(steps=-1), "steps"),
-    (dict(lr=-1e-3), "lr"),
-    (dict(lr=float("nan")), "lr"),
-    (dict(grad_clip=0.0), "grad_clip"),
-    (dict(checkpoint_every=-1), "checkpoint_every"),
-    (dict(schedule="linear"), "schedule"),
-    pytest.param(dict(precision="fp8"), "precision"),
-    pytest.param(dict(warmup_steps=-1), "warmup_steps"),
-    pytest.param(dict(schedule="cosine", min_lr_ratio=2.0), "min_lr_ratio"),
-    pytest.param(dict(betas=(1.5, 0.999)), "betas"),
-    pytest.param(dict(eps=0.0), "eps"),
-    pytest.param(dict(weight_decay=-0.1), "weight_decay"),
+@pytest.mark.parametrize("cls, kwargs, field", [
+    (TrainConfig, dict(steps=-1), "steps"),
+    (TrainConfig, dict(steps=2.5), "steps"),
+    (TrainConfig, dict(grad_clip=0.0), "grad_clip"),
+    (TrainConfig, dict(checkpoint_every=-1), "checkpoint_every"),
+    (TrainConfig, dict(precision="fp8"), "precision"),
+    (OptimizerConfig, dict(lr=-1e-3), "lr"),
+    (OptimizerConfig, dict(lr=float("nan")), "lr"),
+    (OptimizerConfig, dict(schedule="linear"), "schedule"),
+    (OptimizerConfig, dict(warmup_steps=-1), "warmup_steps"),
+    (OptimizerConfig, dict(schedule="cosine", min_lr_ratio=2.0), "min_lr_ratio"),
+    (OptimizerConfig, dict(betas=(1.5, 0.999)), "betas"),
+    (OptimizerConfig, dict(eps=0.0), "eps"),
+    (OptimizerConfig, dict(weight_decay=-0.1), "weight_decay"),
+    (OptimizerConfig, dict(momentum=1.0), "momentum"),
+    (OptimizerConfig, dict(optimizer="lion"), "optimizer"),
 ])
-def test_config_errors_name_the_field(kwargs, field):
+def test_config_errors_name_the_field(cls, kwargs, field):
     with pytest.raises(ValueError) as err:
-        TrainConfig(**kwargs)
-    assert f"TrainConfig.{field}" in str(err.value)
+        cls(**kwargs)
+    assert f"{cls.__name__}.{field} must be" in str(err.value)

@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 from minirl import functional as F  # noqa: E402
 from minirl.evaluate import benchmark, complete  # noqa: E402
 from minirl.model import KVCache, Transformer, TransformerConfig, left_pad, positions_and_mask  # noqa: E402
+from minirl.optim import OptimizerConfig  # noqa: E402
 from minirl.rl.sft import Pretrain, PretrainConfig  # noqa: E402
 from minirl.tasks import (ALPHABET, CharTokenizer, CopyTask, MaxTask, ReverseTask, encode_chat,  # noqa: E402
                           format_pretrain, format_prompt, format_raw_prompt, get_task, heldout_set)
@@ -387,7 +388,7 @@ data = PretrainConfig(tasks=tasks, weights=None, batch_size=16, seq_len=32)  # w
 small = Transformer(TransformerConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
                     seed=0, tokenizer=tok)
-inputs, targets, _ = Pretrain(data, tok).batch(small, np.random.default_rng(0), step=0)  # (B, T) each
+inputs, targets, _ = Pretrain(data).batch(small, np.random.default_rng(0), step=0)  # (B, T) each
 print(f"a pretraining row: {tok.decode(inputs[0])!r} (after <bos>)")
 print(f"inputs[0, :8]  = {inputs[0, :8]}\ntargets[0, :8] = {targets[0, :8]}  (the next token of each input)")
 assert np.array_equal(inputs[:, 1:], targets[:, :-1])
@@ -395,8 +396,8 @@ before = benchmark(small, tasks, n=50, prompt_format="raw")
 
 STEPS = 1000
 start = time.perf_counter()
-schedule = TrainConfig(steps=STEPS, lr=1e-2, schedule="cosine", warmup_steps=20, seed=0)
-result = train(small, Pretrain(data, tok), schedule, progress=False)
+adamw = OptimizerConfig(lr=1e-2, schedule="cosine", warmup_steps=20)
+result = train(small, Pretrain(data), TrainConfig(steps=STEPS, seed=0), adamw, progress=False)
 losses = [h["loss"] for h in result.history]
 print(f"{STEPS} steps in {time.perf_counter() - start:.0f} s; loss, mean of each 100 steps:")
 print(" ".join(f"{np.mean(losses[i:i + 100]):.2f}" for i in range(0, STEPS, 100)))

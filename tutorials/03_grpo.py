@@ -23,8 +23,8 @@ import numpy as np
 
 from minirl import functional as F
 from minirl.rl.advantages import group_advantages
+from minirl.rl.grpo import grpo_loss
 from minirl.rl.kl import exact_kl, k1, k2, k3
-from minirl.rl.losses import grpo_loss
 from minirl.tensor import Tensor
 
 np.set_printoptions(precision=3, suppress=True)
@@ -137,6 +137,7 @@ assert np.all(k3(np.log(p), np.log(q)) >= 0)
 # %%
 from minirl.rl.grpo import GRPO, GRPOConfig
 from minirl.rl.rollout import sample_rollout
+from minirl.optim import OptimizerConfig
 from minirl.train import TrainConfig, train
 
 policy = minirl.load("sft")
@@ -145,7 +146,7 @@ for ex, completion, r in zip(rollout.examples, rollout.completions, rollout.rewa
     print(f"{ex.prompt:>8} -> {completion:<5} reward {r:.0f}")
 
 history = train(policy, GRPO(GRPOConfig(task="add", num_prompts=16, num_generations=8)),
-                TrainConfig(steps=10, lr=2e-4, seed=0), progress=False).history
+                TrainConfig(steps=10, seed=0), OptimizerConfig(lr=2e-4), progress=False).history
 rewards_seen = [round(h["reward"], 3) for h in history]
 print("mean reward per step:", rewards_seen)
 print("loss per step (≈ 0, see section 3):", [round(h["loss"], 4) for h in history])

@@ -23,8 +23,8 @@
 # 5. the adaptive KL controller
 # 6. a short real PPO run
 #
-# The code is `minirl/rl/advantages.py` (GAE), `minirl/rl/losses.py` (the two
-# losses) and `minirl/rl/ppo.py` (the algorithm, read top to bottom).
+# The code is `minirl/rl/advantages.py` (GAE) and `minirl/rl/ppo.py` (the
+# algorithm and its two losses, read top to bottom).
 # Run it with `python tutorials/04_ppo.py`, or open it in Jupyter (jupytext).
 # Every claim is an `assert`.
 
@@ -44,11 +44,13 @@ except ModuleNotFoundError:  # a source checkout without `pip install -e .`: the
 import numpy as np
 
 from minirl.rl.advantages import discounted_returns, gae
-from minirl.rl.losses import grpo_loss, ppo_policy_loss, ppo_value_loss
-from minirl.rl.ppo import PPO, AdaptiveKLController, PPOConfig, explained_variance, logprobs_and_values
+from minirl.rl.grpo import grpo_loss
+from minirl.rl.ppo import (PPO, AdaptiveKLController, PPOConfig, explained_variance, logprobs_and_values,
+                           ppo_policy_loss, ppo_value_loss)
 from minirl.rl.rollout import sample_rollout
 from minirl.tasks import CharTokenizer, encode_chat, resolve_task
 from minirl.tensor import Tensor, no_grad
+from minirl.optim import OptimizerConfig
 from minirl.train import TrainConfig, train
 
 np.set_printoptions(precision=4, suppress=True)
@@ -422,7 +424,7 @@ assert np.all(peek_values.data == 0)
 
 # %%
 algo = PPO(PPOConfig(num_prompts=8, num_generations=4, update_epochs=2, num_minibatches=2), ref)
-history = train(policy, algo, TrainConfig(steps=5, lr=2e-4), progress=False).history
+history = train(policy, algo, TrainConfig(steps=5), OptimizerConfig(lr=2e-4), progress=False).history
 keys = ("reward", "kl", "approx_kl", "clipfrac", "v_loss", "explained_variance", "entropy")
 print(f"{'step':>4} " + " ".join(f"{k:>18}" for k in keys))
 for h_ in history:

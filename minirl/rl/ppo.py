@@ -18,7 +18,13 @@ one completion:
    the advantages are whitened over the mask (TRL's masked_whiten).
 5. `update_epochs` passes over shuffled minibatches, each minimising
        pg_loss + vf_coef * v_loss - ent_coef * entropy
-   with CleanRL's clipped surrogate and clipped value loss.
+   with CleanRL's (vwxyzjn/cleanrl `ppo.py`) clipped surrogate and clipped
+   value loss, every mean taken over the masked tokens (`ppo_policy_loss`,
+   `ppo_value_loss` below):
+       pg_loss = max(-A * ratio, -A * clamp(ratio, 1 - c, 1 + c))
+       v_loss  = 0.5 * max((v - R)^2, (v_old + clamp(v - v_old, -c, c) - R)^2)
+   and its diagnostics approx_kl = mean((ratio - 1) - logratio),
+   old_approx_kl = mean(-logratio), clipfrac = mean(|ratio - 1| > c).
 6. kl_coef is fixed, or adapted after each batch by Ziegler et al.'s
    controller (arXiv 1909.08593, section 2.2; TRL's AdaptiveKLController):
        e = clip(KL / target_kl - 1, -0.2, 0.2),  kl_coef *= 1 + e * B / kl_horizon
@@ -54,31 +60,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minirl import functional as F
 from minirl.rl.advantages import gae, whiten
-from minirl.rl.losses import entropy_bonus, ppo_policy_loss, ppo_value_loss
-from minirl.rl.rollout import Rollout, completion_logits, completion_logprobs, minibatch_indices, frozen_logprobs, sample_rollout, take
-from minirl.tasks import resolve_task
+from minirl.rl.masking import as_advantages, as_array, as_tensor, inert_padding, masked_mean, masked_mean_np
+from minirl.rl.rollout import (Rollout, RolloutConfig, completion_logits, completion_logprobs, frozen_logprobs,
+                               minibatch_indices, sample_rollout)
 from minirl.tensor import Tensor, no_grad
 
 KL_CONTROLLERS = ("fixed", "adaptive")
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(RolloutConfig):
     """PPO's knobs; names follow CleanRL's ppo.py and TRL's original PPOConfig."""
 
-    task: str = "add"
-    """Task whose verifier gives the reward."""
-    num_prompts: int = 32
-    """Prompts per rollout batch."""
-    num_generations: int = 4
-    """Completions sampled per prompt."""
-    temperature: float = 1.0
-    """Sampling temperature (log-probs in the loss use the same temperature)."""
-    max_new_tokens: int | None = None
-    """Completion length limit (default: the task's longest answer + eos)."""
-    reward: str = "exact"
-    """exact: 1 if the verifier accepts, else 0; partial: the task's partial credit."""
+    num_generations: int = 4  # PPO's default; the field and its docstring are RolloutConfig's
     gamma: float = 1.0
     """Discount factor γ of GAE, in [0, 1]."""
     lam: float = 0.95
@@ -110,15 +106,9 @@ class PPOConfig:
     whiten_rewards: bool = False
     """Scale the per-token rewards to unit variance (mean kept) before GAE (TRL's whiten_rewards)."""
 
-    def __post_init__(self):
-        resolve_task(self.task)  # raises naming the known tasks
+    def _checks(self):
         B = self.num_prompts * self.num_generations
-        checks = [
-            ("num_prompts", self.num_prompts >= 1, ">= 1"),
-            ("num_generations", self.num_generations >= 1, ">= 1"),
-            ("temperature", self.temperature > 0, "> 0"),
-            ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, ">= 1 or None"),
-            ("reward", self.reward in ("exact", "partial"), "one of exact, partial"),
+        return super()._checks() + [
             ("gamma", 0 <= self.gamma <= 1, "in [0, 1]"),
             ("lam", 0 <= self.lam <= 1, "in [0, 1]"),
             ("clip_coef", self.clip_coef > 0, "> 0"),
@@ -132,13 +122,9 @@ class PPOConfig:
             ("kl_controller", self.kl_controller in KL_CONTROLLERS, "one of " + ", ".join(KL_CONTROLLERS)),
             ("target_kl", self.target_kl > 0, "> 0"),
             ("kl_horizon", self.kl_horizon >= 1, ">= 1"),
+            ("kl_coef", self.kl_controller != "adaptive" or self.kl_coef > 0,
+             "> 0 with kl_controller='adaptive' (the controller multiplies it)"),
         ]
-        for name, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"PPOConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
-        if self.kl_controller == "adaptive" and not self.kl_coef > 0:
-            raise ValueError(f"PPOConfig.kl_coef must be > 0 with kl_controller='adaptive' "
-                             f"(the controller multiplies it), got {self.kl_coef!r}")
 
 
 class AdaptiveKLController:
@@ -166,10 +152,11 @@ class FixedKLController:
 
 def logprobs_and_values(policy, rollout: Rollout, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
     """One trunk forward: log π(y_t | prompt, y_<t) and V(prompt + y_<t), both (B, N), and the logits (B, N, V)."""
-    P = rollout.prompt_len
-    h = policy.hidden_states(rollout.tokens, rollout.attention_mask)  # (B, P + N, C)
+    gen = rollout.generation
+    P = gen.prompt_len
+    h = policy.hidden_states(gen.tokens, gen.attention_mask)  # (B, P + N, C)
     logits = completion_logits(policy, h, P, temperature)  # (B, N, V) at the sampling temperature
-    logp = completion_logprobs(policy, rollout.tokens, rollout.attention_mask, P, temperature, logits=logits)
+    logp = completion_logprobs(policy, gen, temperature, logits=logits)
     values = policy.values(h[:, P - 1:-1])  # (B, N): position P - 1 + t is the state before token t
     return logp, values, logits
 
@@ -187,6 +174,8 @@ class PPO:
     """PPO with a value head on the policy trunk and a KL-to-reference penalty in the reward."""
 
     name = "ppo"
+    value_head = True
+    """The policy needs a value head (`minirl.load(init, value_head=True)`)."""
 
     def __init__(self, config: PPOConfig, ref_model=None):
         if (config.kl_coef > 0 or config.kl_controller == "adaptive") and ref_model is None:
@@ -195,6 +184,13 @@ class PPO:
         self.updates_per_step = config.update_epochs * config.num_minibatches
         self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                        if config.kl_controller == "adaptive" else FixedKLController(config.kl_coef))
+
+    def state_dict(self) -> dict:
+        """What resuming must restore: the KL coefficient, which the adaptive controller moves."""
+        return {"kl_coef": self.kl_ctl.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl_ctl.value = float(state["kl_coef"])
 
     def batch(self, policy, rng: np.random.Generator, step: int) -> Rollout:
         c = self.config
@@ -248,7 +244,7 @@ class PPO:
         n = len(rollout.rewards)
         for _ in range(self.config.update_epochs):
             for idx in minibatch_indices(n, self.config.num_minibatches, rng):
-                yield take(rollout, idx)
+                yield rollout.take(idx)
 
     def loss(self, policy, mb: Rollout):
         """pg_loss + vf_coef * v_loss - ent_coef * entropy, from one trunk forward."""
@@ -268,3 +264,67 @@ class PPO:
             with no_grad():
                 entropy = entropy_bonus(logits, mb_mask)
         return loss, {**pg_stats, **v_stats, "entropy": float(entropy.data)}
+
+
+# ------------------------------------------------------------------- losses
+def ppo_policy_loss(logp, old_logp, advantages, mask, clip_coef: float = 0.2) -> tuple[Tensor, dict[str, float]]:
+    """CleanRL's clipped surrogate pg_loss = max(-A * ratio, -A * clip(ratio)), masked mean over tokens.
+
+    logp (B, T) Tensor; old_logp, mask (B, T); advantages (B, T) (or (B,) shared by a sequence's tokens).
+    """
+    if not clip_coef > 0:
+        raise ValueError(f"clip_coef must be > 0, got {clip_coef}")
+    logp = as_tensor("logp", logp)
+    mask = as_array("mask", mask, logp.shape, logp.dtype)
+    old_logp = inert_padding(as_array("old_logp", old_logp, logp.shape, logp.dtype), logp, mask)
+    A = as_advantages(advantages, logp.shape, logp.dtype)
+
+    logratio = logp - old_logp  # (B, T)
+    ratio = F.exp(logratio)
+    pg_loss1 = -A * ratio
+    pg_loss2 = -A * F.clip(ratio, 1.0 - clip_coef, 1.0 + clip_coef)
+    pg_loss = masked_mean(F.maximum(pg_loss1, pg_loss2), mask)
+
+    r, lr = ratio.data, logratio.data
+    stats = {
+        "pg_loss": float(pg_loss.data),
+        "approx_kl": masked_mean_np((r - 1) - lr, mask),
+        "old_approx_kl": masked_mean_np(-lr, mask),
+        "clipfrac": masked_mean_np(np.abs(r - 1) > clip_coef, mask),
+    }
+    return pg_loss, stats
+
+
+def ppo_value_loss(values, old_values, returns, mask, clip_coef: float | None = 0.2) -> tuple[Tensor, dict[str, float]]:
+    """CleanRL's value loss 0.5 * max((v - R)^2, (v_clipped - R)^2), masked mean; unclipped when clip_coef is None.
+
+    values (B, T) Tensor from the value head; old_values, returns (B, T) from the rollout.
+    """
+    if clip_coef is not None and not clip_coef > 0:
+        raise ValueError(f"clip_coef must be > 0 or None (no value clipping), got {clip_coef}")
+    values = as_tensor("values", values)
+    mask = as_array("mask", mask, values.shape, values.dtype)
+    returns = as_array("returns", returns, values.shape, values.dtype)
+
+    v_loss_unclipped = (values - returns) ** 2  # (B, T)
+    stats = {}
+    if clip_coef is None:
+        v_loss = masked_mean(0.5 * v_loss_unclipped, mask)
+    else:
+        old_values = as_array("old_values", old_values, values.shape, values.dtype)
+        v_clipped = old_values + F.clip(values - old_values, -clip_coef, clip_coef)
+        v_loss_clipped = (v_clipped - returns) ** 2
+        v_loss = masked_mean(0.5 * F.maximum(v_loss_unclipped, v_loss_clipped), mask)
+        stats["vf_clipfrac"] = masked_mean_np(v_loss_clipped.data > v_loss_unclipped.data, mask)
+    stats["v_loss"] = float(v_loss.data)
+    return v_loss, stats
+
+
+def entropy_bonus(logits: Tensor, mask) -> Tensor:
+    """Masked mean entropy of the policy's token distributions: logits (B, T, V) -> scalar.
+
+    Subtract `ent_coef * entropy_bonus(...)` from a loss to encourage exploration (CleanRL's entropy_loss).
+    """
+    entropy = F.entropy(logits)  # (B, T)
+    mask = as_array("mask", mask, entropy.shape, entropy.dtype)
+    return masked_mean(entropy, mask)

@@ -8,6 +8,8 @@ frozen: the initial policy. The regularised reward R = (1 - β) r - β KL is a
 constant of the loss (no gradient flows through the KL), and the gradient
 is the score function with a baseline b:
     ∇J = E[(R - b) ∇ log π(y)],   log π(y) = sum_t log π(y_t | y_<t).
+`kl_regularised_reward` below computes R; `reinforce_loss` is the surrogate
+-mean_y((R - b) log π(y)) whose gradient is -∇J (no length normalisation).
 
 The two classes differ only in b:
 - `Reinforce`: b = 0 ("none") or the mean R of the batch ("mean"; it
@@ -26,7 +28,7 @@ too; RLOOConfig.beta defaults to 0.05. minirl does the same with PERL's
 weighting, (1 - β) r - β KL = (1 - β) (r - β/(1 - β) KL): TRL's reward with
 β' = β / (1 - β) (0.0526 at β = 0.05), scaled by 1 - β.
 
-The KL uses the log-probs the sampler recorded (`Rollout.sample_logp`):
+The KL uses the log-probs the sampler recorded (`Generation.logprobs`):
 with one update per batch the sampling policy is the current one, so this
 is π's log-prob at the sampling temperature without another forward pass;
 the reference is scored at the same temperature, as TRL does. With β = 0 the
@@ -42,48 +44,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from minirl.rl.advantages import rloo_advantages, whiten
-from minirl.rl.losses import kl_regularised_reward, reinforce_loss
-from minirl.rl.rollout import Rollout, completion_logprobs, frozen_logprobs, sample_rollout
-from minirl.tasks import resolve_task
+from minirl.rl.masking import as_advantages, as_array, as_tensor
+from minirl.rl.rollout import Rollout, RolloutConfig, completion_logprobs, frozen_logprobs, sample_rollout
+from minirl.tensor import Tensor
 
 BASELINES = ("none", "mean")
 
 
 @dataclass
-class _KLRewardConfig:
+class _KLRewardConfig(RolloutConfig):
     """What REINFORCE and RLOO share: the rollout and PERL's KL-regularised reward."""
 
-    task: str = "add"
-    """Task whose verifier gives the reward r."""
-    num_prompts: int = 16
-    """Prompts per rollout batch."""
-    num_generations: int = 8
-    """G: completions sampled per prompt."""
-    temperature: float = 1.0
-    """Sampling temperature, also used to score π and π_ref (PERL samples at 0.7)."""
-    max_new_tokens: int | None = None
-    """Completion length limit (default: the task's longest answer + eos)."""
-    reward: str = "exact"
-    """exact: 1 if the verifier accepts, else 0; partial: the task's partial credit."""
+    num_prompts: int = 16  # REINFORCE's and RLOO's default; the field and its docstring are RolloutConfig's
     beta: float = 0.05
     """β of PERL's reward (1 - β) r - β KL(π || π_ref), in [0, 1]; 0 skips the reference model."""
     whiten_advantages: bool = False
     """Shift and scale the batch's advantages to mean 0, variance 1 (TRL's normalize_advantages)."""
 
-    def __post_init__(self):
-        resolve_task(self.task)  # raises naming the known tasks
-        for name, ok, allowed in self._checks():
-            if not ok:
-                raise ValueError(f"{type(self).__name__}.{name} must be {allowed}, got {getattr(self, name)!r}")
-
-    def _checks(self) -> list[tuple[str, bool, str]]:
-        """(field, valid?, allowed range) for every field."""
-        return [
-            ("num_prompts", self.num_prompts >= 1, ">= 1"),
-            ("num_generations", self.num_generations >= 1, ">= 1"),
-            ("temperature", self.temperature > 0, "> 0"),
-            ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, ">= 1 or None"),
-            ("reward", self.reward in ("exact", "partial"), "one of exact, partial"),
+    def _checks(self):
+        return super()._checks() + [
             ("beta", 0 <= self.beta <= 1, "in [0, 1]"),
             ("whiten_advantages", not self.whiten_advantages or self.num_prompts * self.num_generations >= 2,
              "False when the batch has a single sequence (whitening needs num_prompts * num_generations >= 2)"),
@@ -106,9 +85,9 @@ class RLOOConfig(_KLRewardConfig):
     """RLOO: the KL-regularised reward minus the mean of the other samples of the same prompt."""
 
     def _checks(self):
-        return super()._checks() + [
-            ("num_generations", self.num_generations >= 2, ">= 2 (the leave-one-out baseline needs another sample)"),
-        ]
+        group = [("num_generations", self.num_generations >= 2,
+                  ">= 2 (the leave-one-out baseline needs another sample)")]
+        return group + super()._checks()
 
 
 class Reinforce:
@@ -130,7 +109,7 @@ class Reinforce:
         kl = np.zeros(len(rollout.rewards))  # (B,)
         if c.beta > 0:
             ref_logp = frozen_logprobs(self.ref_model, rollout, c.temperature)  # (B, N)
-            kl = ((rollout.sample_logp - ref_logp) * rollout.completion_mask).sum(axis=1)
+            kl = ((rollout.generation.logprobs - ref_logp) * rollout.completion_mask).sum(axis=1)
             rollout.stats["kl"] = float(kl.mean())
         regularised = kl_regularised_reward(rollout.rewards, kl, c.beta)  # (B,)
         # 2) subtract the baseline, 3) optionally whiten over the batch
@@ -152,8 +131,7 @@ class Reinforce:
 
     def loss(self, policy, rollout: Rollout):
         """-mean_b(A_b * log π(y_b)) on the current policy's log-probs."""
-        logp = completion_logprobs(policy, rollout.tokens, rollout.attention_mask, rollout.prompt_len,
-                                   self.config.temperature)  # (B, N)
+        logp = completion_logprobs(policy, rollout.generation, self.config.temperature)  # (B, N)
         return reinforce_loss(logp, rollout.extra["advantages"], rollout.completion_mask)
 
 
@@ -170,3 +148,44 @@ class RLOO(Reinforce):
 
     def advantages(self, rewards: np.ndarray) -> np.ndarray:
         return rloo_advantages(rewards, self.config.num_generations)
+
+
+# ------------------------------------------------------------------- losses
+def kl_regularised_reward(reward, kl, beta: float, mask=None) -> np.ndarray:
+    """PERL's (1 - beta) * r - beta * KL(pi || pi_anchor) per sequence: (B,) -> (B,).
+
+    `kl` is either the sequence KL (B,), i.e. the k1 sum of log-ratios
+    sum_t (logp_t - anchor_logp_t), or the per-token log-ratios (B, T), which
+    are summed over `mask` (all tokens when mask is None). The result is a
+    constant reward: no gradient flows through it.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    reward = np.asarray(reward.data if isinstance(reward, Tensor) else reward, dtype=np.float64)
+    kl = np.asarray(kl.data if isinstance(kl, Tensor) else kl, dtype=np.float64)
+    if reward.ndim != 1:
+        raise ValueError(f"reward must be 1-D (B,), got shape {reward.shape}")
+    if kl.ndim == 2:
+        kl = (kl * (np.ones_like(kl) if mask is None else np.asarray(mask, dtype=np.float64))).sum(axis=1)
+    if kl.shape != reward.shape:
+        raise ValueError(f"kl must have shape (B,) = {reward.shape} or (B, T), got {kl.shape}")
+    return (1.0 - beta) * reward - beta * kl
+
+
+def reinforce_loss(logp, advantages, mask) -> tuple[Tensor, dict[str, float]]:
+    """REINFORCE: -(A * log pi(sequence)), averaged over sequences.
+
+    With advantages (B,) each sequence's log-prob is the sum of its masked
+    token log-probs (the score function of the whole sequence, no length
+    normalisation): loss = -mean_b(A_b * sum_t m_bt logp_bt). With (B, T)
+    advantages each token gets its own: loss = -mean_b(sum_t m_bt A_bt logp_bt).
+    """
+    logp = as_tensor("logp", logp)
+    mask = as_array("mask", mask, logp.shape, logp.dtype)
+    A = as_advantages(advantages, logp.shape, logp.dtype)  # (B, 1) or (B, T)
+
+    B = logp.shape[0]
+    pg_loss = (logp * (-A * mask / B)).sum()  # -mean_b(A_b * log pi(sequence b))
+    seq_logp = (logp.data * mask).sum(axis=1)
+    stats = {"pg_loss": float(pg_loss.data), "seq_logp_mean": float(seq_logp.mean())}
+    return pg_loss, stats

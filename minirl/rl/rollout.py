@@ -1,9 +1,12 @@
 """Rollouts: sample G completions per prompt with the KV cache, score them with the task's verifier.
 
-A rollout is the batch every on-policy algorithm learns from. Its sequences
-are the prompts (left-padded to P) followed by the completions (N tokens,
-pad after eos), so one full forward pass `completion_logprobs` re-scores all
-completions at once with the tape on.
+A rollout is the batch every on-policy algorithm learns from: the
+`Generation` that `model.generate` returns (prompts left-padded to P, then
+completions of N tokens, pad after eos) plus what only a rollout has, the
+problems and their rewards. One full forward pass, `completion_logprobs`,
+re-scores all completions of a Generation at once with the tape on.
+`RolloutConfig` holds the sampling fields that GRPO, PPO, REINFORCE and RLOO
+share (flat, as TRL's configs are: `--num-prompts` is one CLI option).
 
 Legend: B = prompts x group size (sequences), P = prompt length, N = completion length.
 """
@@ -15,8 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minirl import functional as F
+from minirl.config import check_fields
+from minirl.model import Generation
 from minirl.tasks import Example, encode_chat, resolve_task
 from minirl.tensor import Tensor, no_grad
+
+REWARDS = ("exact", "partial")
 
 
 class RewardError(ValueError):
@@ -24,19 +31,47 @@ class RewardError(ValueError):
 
 
 @dataclass
+class RolloutConfig:
+    """How an on-policy algorithm samples: G completions of each of num_prompts fresh prompts of a task."""
+
+    task: str = "add"
+    """Task whose verifier gives the reward."""
+    num_prompts: int = 32
+    """Prompts per rollout batch (x num_generations = sequences per step)."""
+    num_generations: int = 8
+    """G: completions sampled per prompt (the group)."""
+    temperature: float = 1.0
+    """Sampling temperature (log-probs in the loss use the same temperature)."""
+    max_new_tokens: int | None = None
+    """Completion length limit (default: the task's longest answer + eos)."""
+    reward: str = "exact"
+    """exact: 1 if the verifier accepts, else 0; partial: the task's partial credit."""
+
+    def __post_init__(self):
+        resolve_task(self.task)  # raises naming the known tasks
+        check_fields(self, self._checks())
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """(field, valid?, allowed range) for every field, the first failure raised.
+
+        Subclasses extend the list; a check that tightens a rollout field goes
+        before these, so the error states the tightest bound.
+        """
+        return [
+            ("num_prompts", self.num_prompts >= 1, ">= 1"),
+            ("num_generations", self.num_generations >= 1, ">= 1"),
+            ("temperature", self.temperature > 0, "> 0"),
+            ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, ">= 1 or None"),
+            ("reward", self.reward in REWARDS, "one of " + ", ".join(REWARDS)),
+        ]
+
+
+@dataclass
 class Rollout:
     """Sampled completions of a batch of prompts, with their rewards."""
 
-    tokens: np.ndarray
-    """(B, P + N) left-padded prompts then completions."""
-    attention_mask: np.ndarray
-    """(B, P + N) 1 on real tokens."""
-    prompt_len: int
-    """P: completions start here."""
-    completion_mask: np.ndarray
-    """(B, N) float32, 1 on completion tokens up to and including eos."""
-    sample_logp: np.ndarray
-    """(B, N) log-probs of the sampled tokens under the sampling distribution."""
+    generation: Generation
+    """The (B, P + N) sequences, their masks and the sampling log-probs, as `model.generate` returned them."""
     rewards: np.ndarray
     """(B,) task rewards."""
     examples: list[Example]
@@ -51,8 +86,16 @@ class Rollout:
     """Per-algorithm arrays: advantages, old/ref log-probs, values, returns."""
 
     @property
-    def completion_ids(self) -> np.ndarray:
-        return self.tokens[:, self.prompt_len:]
+    def completion_mask(self) -> np.ndarray:
+        """(B, N) float32, 1 on completion tokens up to and including eos: what every loss averages over."""
+        return self.generation.completion_mask
+
+    def take(self, idx: np.ndarray) -> Rollout:
+        """The sub-rollout of rows `idx` (extra arrays with a leading batch axis are sliced too)."""
+        extra = {k: (v[idx] if isinstance(v, np.ndarray) and v.shape[:1] == (len(self.rewards),) else v)
+                 for k, v in self.extra.items()}
+        return Rollout(self.generation.take(idx), self.rewards[idx], [self.examples[i] for i in idx],
+                       [self.completions[i] for i in idx], self.group_size, self.stats, extra)
 
 
 def completion_logits(model, hidden: Tensor, prompt_len: int, temperature: float = 1.0) -> Tensor:
@@ -61,19 +104,18 @@ def completion_logits(model, hidden: Tensor, prompt_len: int, temperature: float
     return logits if temperature == 1.0 else logits * (1.0 / temperature)
 
 
-def completion_logprobs(model, tokens: np.ndarray, attention_mask: np.ndarray, prompt_len: int,
-                        temperature: float = 1.0, logits: Tensor | None = None) -> Tensor:
-    """log π(completion token | prefix) for every completion position: (B, P+N) -> (B, N), on the tape."""
+def completion_logprobs(model, gen: Generation, temperature: float = 1.0, logits: Tensor | None = None) -> Tensor:
+    """log π(completion token | prefix) for every completion position of `gen`: (B, P+N) -> (B, N), on the tape."""
     if logits is None:
-        logits = completion_logits(model, model.hidden_states(tokens, attention_mask), prompt_len, temperature)
-    return F.gather_logprobs(logits, tokens[:, prompt_len:])
+        logits = completion_logits(model, model.hidden_states(gen.tokens, gen.attention_mask), gen.prompt_len,
+                                   temperature)
+    return F.gather_logprobs(logits, gen.completions)
 
 
 def frozen_logprobs(model, rollout: Rollout, temperature: float = 1.0) -> np.ndarray:
     """Log-probs (B, N) of the rollout's completions under `model`, off the tape (reference, π_old, evaluation)."""
     with no_grad():
-        return completion_logprobs(model, rollout.tokens, rollout.attention_mask,
-                                   rollout.prompt_len, temperature).data
+        return completion_logprobs(model, rollout.generation, temperature).data
 
 
 def sample_rollout(policy, task, rng: np.random.Generator, num_prompts: int, group_size: int,
@@ -82,7 +124,7 @@ def sample_rollout(policy, task, rng: np.random.Generator, num_prompts: int, gro
     """Sample `group_size` completions for each of `num_prompts` fresh prompts of `task`."""
     task = resolve_task(task)
     tok = policy.tokenizer
-    if reward not in ("exact", "partial"):
+    if reward not in REWARDS:
         raise ValueError(f"reward must be 'exact' or 'partial', got {reward!r}")
     examples = [task.sample(rng) for _ in range(num_prompts)]
     examples = [ex for ex in examples for _ in range(group_size)]  # groups of G consecutive rows
@@ -97,8 +139,7 @@ def sample_rollout(policy, task, rng: np.random.Generator, num_prompts: int, gro
     ended = (gen.completions == tok.eos_id).any(axis=1)
     stats = {"reward": float(rewards.mean()), "accuracy": float(correct.mean()),
              "completion_len": float(gen.completion_mask.sum(axis=1).mean()), "eos_rate": float(ended.mean())}
-    return Rollout(gen.tokens, gen.attention_mask, gen.prompt_len, gen.completion_mask, gen.logprobs,
-                   rewards, examples, completions, group_size, stats)
+    return Rollout(gen, rewards, examples, completions, group_size, stats)
 
 
 def check_rewards(rewards: np.ndarray) -> None:
@@ -114,13 +155,3 @@ def minibatch_indices(n: int, num_minibatches: int, rng: np.random.Generator) ->
     if not 1 <= num_minibatches <= n:
         raise ValueError(f"num_minibatches must be in [1, {n}] (the batch size), got {num_minibatches}")
     return np.array_split(rng.permutation(n), num_minibatches)
-
-
-def take(rollout: Rollout, idx: np.ndarray) -> Rollout:
-    """The sub-rollout of rows `idx` (extra arrays with a leading batch axis are sliced too)."""
-    extra = {k: (v[idx] if isinstance(v, np.ndarray) and v.shape[:1] == (len(rollout.rewards),) else v)
-             for k, v in rollout.extra.items()}
-    return Rollout(rollout.tokens[idx], rollout.attention_mask[idx], rollout.prompt_len,
-                   rollout.completion_mask[idx], rollout.sample_logp[idx], rollout.rewards[idx],
-                   [rollout.examples[i] for i in idx], [rollout.completions[i] for i in idx],
-                   rollout.group_size, rollout.stats, extra)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from minirl import functional as F
-from minirl.tasks import CharTokenizer, pretrain_batch, resolve_task, sft_batch
+from minirl.config import check_fields
+from minirl.tasks import pretrain_batch, resolve_task, sft_batch
 from minirl.tensor import Tensor
 
 
@@ -23,11 +24,14 @@ def token_nll(policy, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray)
     return -(logp * mask).sum() / max(float(mask.sum()), 1.0)
 
 
-def _check_tasks(tasks, weights, owner: str):
-    for t in tasks:
-        resolve_task(t)  # raises naming the known tasks
-    if weights is not None and (len(weights) != len(tasks) or min(weights) < 0 or sum(weights) <= 0):
-        raise ValueError(f"{owner}.weights must be {len(tasks)} non-negative numbers with a positive sum, got {weights}")
+def _mixture_checks(config) -> list[tuple[str, bool, str]]:
+    """The checks of a task mixture's fields (tasks, weights); unknown task names raise naming the known ones."""
+    for t in config.tasks:
+        resolve_task(t)
+    w = config.weights
+    return [("tasks", len(config.tasks) >= 1, "at least one task"),
+            ("weights", w is None or (len(w) == len(config.tasks) and min(w) >= 0 and sum(w) > 0),
+             f"{len(config.tasks)} non-negative numbers with a positive sum, or None")]
 
 
 @dataclass
@@ -44,9 +48,8 @@ class PretrainConfig:
     """Tokens per sequence (several problems each)."""
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.seq_len < 2:
-            raise ValueError(f"PretrainConfig.batch_size must be >= 1 and seq_len >= 2, got {self.batch_size}, {self.seq_len}")
-        _check_tasks(self.tasks, self.weights, "PretrainConfig")
+        check_fields(self, _mixture_checks(self) + [("batch_size", self.batch_size >= 1, ">= 1"),
+                                                    ("seq_len", self.seq_len >= 2, ">= 2")])
 
 
 class Pretrain:
@@ -54,12 +57,12 @@ class Pretrain:
 
     name = "pretrain"
 
-    def __init__(self, config: PretrainConfig, tokenizer: CharTokenizer):
-        self.config, self.tok = config, tokenizer
+    def __init__(self, config: PretrainConfig):
+        self.config = config
 
     def batch(self, policy, rng, step):
         c = self.config
-        rows = pretrain_batch(rng, self.tok, c.batch_size, c.seq_len, c.tasks, c.weights)  # (B, T+1)
+        rows = pretrain_batch(rng, policy.tokenizer, c.batch_size, c.seq_len, c.tasks, c.weights)  # (B, T+1)
         return rows[:, :-1], rows[:, 1:], np.ones((c.batch_size, c.seq_len), np.float32)
 
     def loss(self, policy, batch):
@@ -80,9 +83,7 @@ class SFTConfig:
     """Examples per batch."""
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError(f"SFTConfig.batch_size must be >= 1, got {self.batch_size}")
-        _check_tasks(self.tasks, self.weights, "SFTConfig")
+        check_fields(self, _mixture_checks(self) + [("batch_size", self.batch_size >= 1, ">= 1")])
 
 
 class SFT:
@@ -90,12 +91,12 @@ class SFT:
 
     name = "sft"
 
-    def __init__(self, config: SFTConfig, tokenizer: CharTokenizer):
-        self.config, self.tok = config, tokenizer
+    def __init__(self, config: SFTConfig, ref_model=None):
+        self.config = config  # no reference model: SFT's loss has no KL term
 
     def batch(self, policy, rng, step):
         c = self.config
-        return sft_batch(rng, self.tok, c.batch_size, c.tasks, c.weights)  # inputs, targets, mask: (B, T)
+        return sft_batch(rng, policy.tokenizer, c.batch_size, c.tasks, c.weights)  # inputs, targets, mask: (B, T)
 
     def loss(self, policy, batch):
         inputs, targets, mask = batch
