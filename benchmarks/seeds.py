@@ -66,11 +66,12 @@ def run_seed(algo: str, seed: int, options: list[str], workdir: Path) -> dict:
 def summarise(report: dict, seed: int, wall: float) -> dict:
     """Gain and tax, in points, of one run's report.json."""
     before, after = report["accuracy"]["before"], report["accuracy"]["after"]
-    drops = {t: 100 * (v["before"] - v["after"]) for t, v in report["tax"].items()}
+    [task] = report["trained_tasks"]
+    drops = {t: 100 * (before[t] - after[t]) for t in before if t != task}
     worst = max(drops, key=drops.get)
-    return {"seed": seed, "before": 100 * before, "after": 100 * after, "gain": 100 * (after - before),
-            "tax": statistics.fmean(drops.values()), "worst_task": worst, "worst_drop": drops[worst],
-            "wall": wall, "train_seconds": report["wall_seconds"], "steps": report["steps"]}
+    return {"seed": seed, "task": task, "before": 100 * before[task], "after": 100 * after[task],
+            "gain": 100 * (after[task] - before[task]), "tax": statistics.fmean(drops.values()), "worst_task": worst,
+            "worst_drop": drops[worst], "wall": wall, "train_seconds": report["wall_seconds"], "steps": report["steps"]}
 
 
 def table(algo: str, rows: list[dict], options: list[str]) -> str:

@@ -129,15 +129,19 @@ common_options = [
     click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
 ]
 
-RUN_DETAILS = """Trains --init (the shipped SFT model by default) and reports greedy
-accuracy before/after on every task (the trained one, and the others: the
-alignment tax), the KL to the reference, and the update's sparsity and rank
-beside the paper's. Defaults are the algorithm's preset
-(minirl/presets/NAME.toml); --config FILE overrides them, and typed options
-override both. Every run directory holds config.toml (the resolved config:
---config DIR/config.toml reruns it), metrics.jsonl, checkpoints/ and
-report.json; `minirl report DIR` re-renders it, and --resume DIR continues an
-interrupted run (Ctrl-C, or a kill between --checkpoint-every saves)."""
+RUN_WHAT = {
+    "sft": "Instruction-tunes --init on chat-format examples of every task (loss on the answer and eos only: the "
+           "recipe of the shipped sft model) and reports greedy accuracy before/after on every task",
+}
+RUN_DETAILS = """{what}, and the update's sparsity and rank beside the paper's. Defaults are
+the algorithm's preset (minirl/presets/{name}.toml); --config FILE overrides
+them, and typed options override both. Every run directory holds config.toml
+(the resolved config: --config DIR/config.toml reruns it), metrics.jsonl,
+checkpoints/ and report.json; `minirl report DIR` re-renders it, and --resume
+DIR continues an interrupted run (Ctrl-C, or a kill between
+--checkpoint-every saves)."""
+RL_WHAT = ("Trains --init on the task's verifier reward and reports greedy accuracy before/after on every task "
+           "(the trained one, and the others: the alignment tax), the KL to the reference")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -166,7 +170,7 @@ def _register_commands():
                  exclude=("vocab_size", "value_head", "reward_head"))
     for name, (config_cls, algo_cls) in algorithms().items():
         _job_command(run, name, (algo_cls.__doc__ or name.upper()).strip().splitlines()[0],
-                     RUN_DETAILS.replace("NAME", name))
+                     RUN_DETAILS.format(what=RUN_WHAT.get(name, RL_WHAT), name=name))
 
 
 _register_commands()

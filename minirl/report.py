@@ -50,16 +50,18 @@ def load_report(path) -> dict:
 def _accuracy_table(r: dict) -> Table:
     """Greedy accuracy before/after on every task: the trained ones, then the others (the alignment tax)."""
     t = Table(title="greedy accuracy on the held-out benchmark", title_justify="left")
-    for col, j in (("task", "left"), ("before", "right"), ("after", "right"), ("change", "right")):
+    for col, j in (("task", "left"), ("problems", "right"), ("before", "right"), ("after", "right"),
+                   ("change", "right")):
         t.add_column(col, justify=j)
     before, after, trained = r["accuracy"]["before"], r["accuracy"]["after"], r["trained_tasks"]
+    n = r["accuracy"].get("n", {})
     for task in sorted(before, key=lambda t: t not in trained):
         d = after[task] - before[task]
         if task in trained:
             label, color = f"[bold]{task}[/] (trained)", "green" if d > 0 else "red"
         else:
             label, color = f"{task} (alignment tax)", "red" if d < -0.02 else "green" if d > 0.02 else "white"
-        t.add_row(label, pct(before[task]), pct(after[task]), f"[{color}]{100 * d:+.1f} pts[/]")
+        t.add_row(label, str(n.get(task, "")), pct(before[task]), pct(after[task]), f"[{color}]{100 * d:+.1f} pts[/]")
     return t
 
 

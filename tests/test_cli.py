@@ -101,7 +101,8 @@ def test_grpo_report_has_the_documented_keys(runs):
             "curves", "kl", "regime", "paper", "config", "sparsity", "rank"} <= set(report)
     assert (report["algorithm"], report["trained_tasks"], report["seed"], report["steps"], report["precision"]) == (
         "grpo", ["add"], 0, 2, "bf16")
-    assert set(report["accuracy"]) == {"before", "after"}
+    assert set(report["accuracy"]) == {"before", "after", "n"}
+    assert report["accuracy"]["n"] == {"add": 1000, "sort": 200, "reverse": 200, "copy": 200, "max": 200, "count": 200}
     assert set(report["accuracy"]["before"]) == set(report["accuracy"]["after"]) == {
         "add", "sort", "reverse", "copy", "max", "count"}
     sparsity, rank = report["sparsity"], report["rank"]
@@ -281,3 +282,51 @@ def test_report_of_pretraining_shows_its_raw_prompt_accuracy(runs):
 
 def test_report_of_a_directory_without_report_is_a_usage_error(tmp_path):
     assert "report.json" in usage_error("report", tmp_path)
+
+
+# ------------------------------------------------------------------------------- --config, --resume
+def test_a_run_directory_config_reruns_it_and_typed_options_win(runs, tmp_path):
+    first = runs["root"] / "grpo"
+    again = json.loads(ok("run", "grpo", "--config", first / "config.toml", "--out", tmp_path / "again",
+                          "--json", "--no-progress").stdout)
+    assert again["config"] == runs["grpo"]["config"]
+    assert again["accuracy"] == runs["grpo"]["accuracy"] and again["sparsity"] == runs["grpo"]["sparsity"]
+    changed = json.loads(ok("run", "grpo", "--config", first, "--steps", 1, "--lr", "3e-5",
+                            "--out", tmp_path / "changed", "--json", "--no-progress").stdout)
+    assert changed["config"]["train"]["steps"] == 1 and changed["config"]["optimizer"]["lr"] == 3e-5
+    assert changed["config"]["grpo"] == runs["grpo"]["config"]["grpo"]  # the rest from the file
+
+
+def test_bad_config_files_are_usage_errors_naming_the_problem(runs, tmp_path):
+    wrong = tmp_path / "ppo.toml"
+    wrong.write_text('[ppo]\nclip_coef = 0.1\n')
+    assert "[ppo] is not a section of `minirl run grpo`" in usage_error("run", "grpo", "--config", wrong,
+                                                                        "--out", tmp_path / "r")
+    assert "is the config of `minirl run sft`" in usage_error("run", "grpo", "--config", runs["root"] / "sft",
+                                                              "--out", tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_takes_no_other_settings_and_only_its_own_command(runs):
+    grpo = runs["root"] / "grpo"
+    assert "drop --lr" in usage_error("run", "grpo", "--resume", grpo, "--lr", "1e-5")
+    assert "`minirl run grpo --resume" in usage_error("run", "ppo", "--resume", grpo)
+    assert "no config.toml" in usage_error("run", "grpo", "--resume", runs["root"])
+
+
+@pytest.mark.parametrize("name", ["grpo", "ppo", "reinforce", "rloo", "sft"])
+def test_the_cli_and_the_python_api_resolve_the_same_run(name, tiny_checkpoint, tmp_path):
+    """`minirl run NAME` with some options trains what runs.rl(NAME, same settings) trains: one resolver."""
+    from minirl import runs as jobs
+
+    small = {"sft": ["--batch-size", 2]}.get(name, ["--num-prompts", 2, "--num-generations", 2])
+    report = json.loads(ok("run", name, "--init", tiny_checkpoint, "--steps", 1, *small, "--out", tmp_path / name,
+                           "--json", "--no-progress").stdout)
+    settings = dict(zip([s.lstrip("-").replace("-", "_") for s in small[::2]], small[1::2]))
+    assert report["config"] == jobs.resolve(name, init=str(tiny_checkpoint), steps=1, **settings).to_dict()
+    untouched = jobs.resolve(name).to_dict()  # every option not typed is the preset's value
+    for section, values in report["config"].items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                if key not in settings and key != "steps":
+                    assert value == untouched[section][key], (section, key)
