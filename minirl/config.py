@@ -55,12 +55,18 @@ def _coerce(item: type, value, what: str):
     raise ValueError(f"{what} must be {'an integer' if item is int else 'a ' + item.__name__}, got {value!r}")
 
 
+def check_keys(cls, keys, where: str) -> None:
+    """Raise ValueError naming `where`, the keys that are not fields of dataclass `cls`, and the allowed ones."""
+    allowed = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(keys) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+
+
 def from_values(cls, values: dict, where: str):
     """An instance of dataclass `cls` from TOML-style `values` (unknown keys are an error naming `where`)."""
+    check_keys(cls, values, where)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
     kwargs = {}
     for name, value in values.items():
         item, is_tuple, optional = field_kind(fields[name].type)

@@ -33,12 +33,13 @@ import numpy as np
 
 from minirl.checkpoint import (CONFIG_NAME, CheckpointError, atomic_write_json, atomic_write_text, iter_tensors,
                                load_checkpoint, read_header, save_checkpoint, _dumps)
-from minirl.config import dumps_toml, from_values, load_toml, to_values
+from minirl.config import check_keys, dumps_toml, from_values, load_toml, to_values
 from minirl.evaluate import benchmark
 from minirl.loading import load
 from minirl.model import Transformer, TransformerConfig
 from minirl.optim import OptimizerConfig, make_optimizer
 from minirl.precision import get_policy
+from minirl.rl import algorithms
 from minirl.tasks import TASKS, CharTokenizer
 from minirl.train import TrainConfig, TrainState, train
 
@@ -190,13 +191,6 @@ def new_run_dir(out: str | Path | None, kind: str) -> RunDir:
 
 
 # ------------------------------------------------------------------------- configs
-def algorithms() -> dict:
-    """name -> (config class, algorithm class) of every `minirl run` algorithm."""
-    from minirl.rl import algorithms as registry
-
-    return registry()
-
-
 def sections(name: str) -> dict[str, type]:
     """The config sections of job `name` ("pretrain" or an algorithm), section name -> dataclass."""
     from minirl.rl.sft import PretrainConfig
@@ -254,11 +248,7 @@ def _merge(values: dict, layer: dict, source: str, name: str, classes: dict) -> 
             if key not in classes:
                 raise ValueError(f"{source}: [{key}] is not a section of `minirl {command_of(name)}` "
                                  f"(its sections: {', '.join(f'[{s}]' for s in classes)})")
-            allowed = [f.name for f in dataclasses.fields(classes[key]) if f.init]
-            unknown = sorted(set(value) - set(allowed))
-            if unknown:
-                raise ValueError(f"{source}: [{key}] has unknown key(s) {', '.join(unknown)}; "
-                                 f"allowed: {', '.join(allowed)}")
+            check_keys(classes[key], value, f"{source}: [{key}]")
             values[key].update(value)
         elif key == "init":
             init = value

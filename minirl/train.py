@@ -164,7 +164,7 @@ def train(policy, algo, config: TrainConfig, optim: OptimizerConfig | None = Non
 
     start = time.perf_counter()
     bar = _progress(progress)
-    step = start_step
+    done = start_step  # steps completed
     try:
         with _StopFlag() as stop, bar:
             task = bar.add_task(algo.name, total=config.steps, completed=start_step) if bar else None
@@ -192,10 +192,11 @@ def train(policy, algo, config: TrainConfig, optim: OptimizerConfig | None = Non
                 metrics.update({k: v / max(n_updates, 1) for k, v in stats_sum.items()})
                 metrics.update(getattr(batch, "stats", {}) or {})
                 result.history.append(metrics)
+                done = step + 1
                 if run is not None:
                     run.log(metrics)
-                    if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-                        run.save_state("last", policy, config.precision, snapshot(step + 1))
+                    if config.checkpoint_every and done % config.checkpoint_every == 0:
+                        run.save_state("last", policy, config.precision, snapshot(done))
                 if on_step is not None:
                     on_step(step, metrics)
                 if bar:
@@ -203,19 +204,17 @@ def train(policy, algo, config: TrainConfig, optim: OptimizerConfig | None = Non
                     bar.update(task, advance=1, description=f"{algo.name} " + " ".join(f"{k} {v:.3f}" for k, v in shown.items()))
                 if stop.requested:
                     result.interrupted = True
-                    step += 1
                     break
-            else:
-                step = config.steps
     except TrainingError as e:
-        # nothing of the failing update was applied: the current weights are the last good ones
+        # nothing of the failing update was applied: the current weights are the last good ones. They are
+        # saved without a training state: resuming would only fail the same way (the run is deterministic).
         if run is not None:
             path = run.save_state("last", policy, config.precision, None)
             e.args = (f"{e.args[0] if e.args else e}; last good weights saved to {path}",) + e.args[1:]
         raise
     result.wall_seconds = elapsed + time.perf_counter() - start
     if run is not None:
-        run.save_state("last", policy, config.precision, snapshot(step))
+        run.save_state("last", policy, config.precision, snapshot(done))
     return result
 
 

@@ -8,6 +8,7 @@ import pytest
 from minirl import runs
 from minirl.config import check_fields, dumps_toml, from_values, load_toml, to_values
 from minirl.optim import OptimizerConfig
+from minirl.rl import algorithms
 from minirl.rl.grpo import GRPOConfig
 from minirl.train import TrainConfig
 
@@ -59,14 +60,14 @@ def test_malformed_and_missing_files_are_named(tmp_path):
 
 # ------------------------------------------------------------------------------------- layers
 def test_every_algorithm_has_a_preset_that_resolves():
-    for name in ["pretrain", *runs.algorithms()]:
+    for name in ["pretrain", *algorithms()]:
         spec = runs.resolve(name)
         assert set(spec.configs) == set(runs.sections(name))
         assert (spec.init is None) == (name == "pretrain")
 
 
 def test_settings_of_a_job_have_unique_names_across_sections():
-    for name in ["pretrain", *runs.algorithms()]:
+    for name in ["pretrain", *algorithms()]:
         names = [f.name for cls in runs.sections(name).values() for f in dataclasses.fields(cls)]
         assert len(names) == len(set(names)), name
 
@@ -96,7 +97,7 @@ def test_a_resolved_config_toml_resolves_to_itself(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ('[ppo]\nclip_coef = 0.1\n', r"\[ppo\] is not a section of `minirl run grpo` \(its sections: \[grpo\], \[train\], \[optimizer\]\)"),
-    ('[train]\nlearning_rate = 1\n', r"\[train\] has unknown key\(s\) learning_rate; allowed: steps"),
+    ('[train]\nlearning_rate = 1\n', r"\[train\]: unknown key\(s\) learning_rate; allowed: steps"),
     ('command = "run ppo"\n', r"is the config of `minirl run ppo`, not of `minirl run grpo`"),
     ('colour = "red"\n', r"unknown top-level key 'colour'"),
 ])
