@@ -126,7 +126,7 @@ def _paper_table(r: dict) -> Table:
     reg = r.get("regime", {})
     if reg:
         ref = paper["relative_step"]
-        t.add_row("relative step lr / rms(w)", f"~{ref:g} (scale matching)",
+        t.add_row("relative step lr / rms(w)", f"~{ref:.0e} (scale matching)",
                   f"{reg['lr_over_rms']:.2e} ({reg['lr_over_rms'] / ref:.0f}x the papers')")
     return t
 

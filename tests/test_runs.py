@@ -107,12 +107,13 @@ def test_training_state_round_trips_and_a_weights_only_checkpoint_is_refused(tmp
 
 
 # ---------------------------------------------------------------------------------------- resume
-TINY_RL = dict(num_prompts=2, num_generations=2)
+SMALL_RL = dict(init="sft", num_prompts=4, num_generations=4)  # the shipped model: rewards vary, so updates happen
 CASES = {
     # bf16 master weights, the rollout RNG
-    "grpo": dict(lr=1e-3, **TINY_RL),
+    "grpo": dict(lr=1e-3, **SMALL_RL),
     # the algorithm's own state (the adaptive KL coefficient), minibatch shuffles, a cosine schedule, fp32
-    "ppo": dict(lr=1e-3, kl_controller="adaptive", num_minibatches=2, schedule="cosine", precision="fp32", **TINY_RL),
+    "ppo": dict(lr=1e-3, kl_controller="adaptive", kl_horizon=100, num_minibatches=2, schedule="cosine",
+                precision="fp32", **SMALL_RL),
     "sft": dict(lr=1e-3, batch_size=4, schedule="cosine", warmup_steps=2),
 }
 
@@ -130,8 +131,11 @@ def interrupt_at(step_to_stop: int, monkeypatch):
 
 @pytest.mark.parametrize("algo", CASES)
 def test_ctrl_c_then_resume_ends_with_the_same_bits_as_a_straight_run(algo, tmp_path, tiny_checkpoint, monkeypatch):
-    settings = dict(init=str(tiny_checkpoint), steps=6, progress=False, bench_n=2, **CASES[algo])
+    settings = dict(init=str(tiny_checkpoint), steps=6, progress=False, bench_n=2) | CASES[algo]
     straight = runs.rl(algo, out=tmp_path / "straight", **settings)
+    init = minirl.load(settings["init"]).state_dict()
+    assert all(not np.array_equal(init[k], v) for k, v in RunDir(tmp_path / "straight").load("final")[0].items()
+               if k in init)  # every tensor moved: an update left out on resume would show
     interrupt_at(2, monkeypatch)
     stopped = runs.rl(algo, out=tmp_path / "stopped", **settings)
     assert stopped["interrupted"] and stopped["steps"] == 3
@@ -160,9 +164,9 @@ main(sys.argv[1:])
 """
 
 
-def test_kill_9_between_checkpoints_leaves_a_resumable_run(tmp_path, tiny_checkpoint):
-    args = ["run", "grpo", "--init", str(tiny_checkpoint), "--steps", "8", "--checkpoint-every", "2", "--lr", "1e-3",
-            "--num-prompts", "2", "--num-generations", "2", "--no-progress", "--json"]
+def test_kill_9_between_checkpoints_leaves_a_resumable_run(tmp_path):
+    args = ["run", "grpo", "--steps", "8", "--checkpoint-every", "2", "--lr", "1e-3", "--num-prompts", "4",
+            "--num-generations", "4", "--no-progress", "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     killed = subprocess.run([sys.executable, "-c", KILL_AT.format(step=4, checkpoint=3), *args,
                              "--out", str(tmp_path / "killed")], capture_output=True, text=True, env=env, timeout=300)
@@ -177,3 +181,16 @@ def test_kill_9_between_checkpoints_leaves_a_resumable_run(tmp_path, tiny_checkp
     assert same_tensors(*final)
     assert without_timing(RunDir(tmp_path / "straight").read_metrics()) == without_timing(
         RunDir(tmp_path / "killed").read_metrics())
+
+
+def test_pretraining_resumes_to_the_same_bits(tmp_path, monkeypatch):
+    settings = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, batch_size=4, seq_len=16, steps=5,
+                    progress=False, bench_n=2)
+    runs.pretrain(out=tmp_path / "straight", **settings)
+    interrupt_at(1, monkeypatch)
+    assert runs.pretrain(out=tmp_path / "stopped", **settings)["steps"] == 2
+    monkeypatch.undo()
+    assert runs.resume(tmp_path / "stopped", progress=False, bench_n=2)["steps"] == 5
+    assert same_tensors(*[RunDir(tmp_path / d).load("final")[0] for d in ("straight", "stopped")])
+    assert without_timing(RunDir(tmp_path / "straight").read_metrics()) == without_timing(
+        RunDir(tmp_path / "stopped").read_metrics())
