@@ -16,6 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from minirl.analysis import LAYER_COLUMNS, cell_of
+from minirl.tasks import TASKS
 
 SPARK = "▁▂▃▄▅▆▇█"
 SHORT = {"input_norm": "norm1", "post_norm": "norm2"}
@@ -55,7 +56,8 @@ def _accuracy_table(r: dict) -> Table:
         t.add_column(col, justify=j)
     before, after, trained = r["accuracy"]["before"], r["accuracy"]["after"], r["trained_tasks"]
     n = r["accuracy"].get("n", {})
-    for task in sorted(before, key=lambda t: t not in trained):
+    order = list(TASKS)  # report.json sorts its keys: show the tasks in the registry's order again
+    for task in sorted(before, key=lambda t: (t not in trained, order.index(t) if t in order else len(order))):
         d = after[task] - before[task]
         if task in trained:
             label, color = f"[bold]{task}[/] (trained)", "green" if d > 0 else "red"

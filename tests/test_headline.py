@@ -1,27 +1,47 @@
-"""The project's headline claims, run for real on the shipped models.
+"""The headline claims, run for real on the shipped models: `minirl run grpo` and `minirl run ppo`, no options.
 
-`minirl run grpo --report` with no options must raise the shipped SFT
-model's greedy accuracy on the trained task by at least 15 points and write a
-complete report. Marked slow (tens of seconds); CI runs it as is.
+The default recipes (minirl/presets/grpo.toml, ppo.toml) were chosen from seeds 0-4 with
+`python benchmarks/seeds.py ALGO`; the README shows those tables. The same seed on another BLAS build
+diverges after a few hundred steps, so these tests assert bounds that every one of seeds 0-9 met with a
+margin, never the bits of one machine:
+
+    GRPO, seeds 0-4: gain on add +20.8 to +22.3 points (mean +21.7); tax (mean drop over the other tasks)
+          +0.3 to +1.9 points (mean +0.7). Seeds 5-9, held out: +15.5 to +20.1, tax +0.5 to +1.2.
+    PPO,  seeds 0-4: gain +26.9 to +29.0 (mean +28.0); tax +0.8 to +2.2 (mean +1.5).
+          Seeds 5-9, held out: +18.4 to +27.9, tax +1.7 to +2.6.
+
+Marked slow (GRPO ~40 s, PPO ~60 s); CI runs them.
 """
 
 import json
+import statistics
 
 import pytest
 from click.testing import CliRunner
 
 from minirl.cli import main
 
+BOUNDS = {  # algorithm: (least gain, most tax), in points; the seeds' worst, minus a margin
+    "grpo": (10.0, 4.0),  # the issue's bar for every seed; the ten seeds' worst: +15.5 and +1.9
+    "ppo": (12.0, 4.5),  # the ten seeds' worst: +18.4 and +2.6
+}
+
 
 @pytest.mark.slow
-def test_default_grpo_run_raises_accuracy_by_15_points(tmp_path):
-    out = tmp_path / "grpo"
-    result = CliRunner().invoke(main, ["run", "grpo", "--out", str(out), "--no-progress", "--json"])
+@pytest.mark.parametrize("algo", BOUNDS)
+def test_the_default_run_gains_on_add_and_keeps_the_other_tasks(tmp_path, algo):
+    out = tmp_path / algo
+    result = CliRunner().invoke(main, ["run", algo, "--out", str(out), "--no-progress", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     before, after = report["accuracy"]["before"], report["accuracy"]["after"]
-    print(f"add: {100 * before:.1f} % -> {100 * after:.1f} %, sparsity {100 * report['sparsity']['overall']:.1f} %, "
-          f"train {report['wall_seconds']:.1f} s")
-    assert report["init"] == "sft" and report["task"] == "add" and report["seed"] == 0
-    assert after - before >= 0.15
+    gain = 100 * (after["add"] - before["add"])
+    tax = statistics.fmean(100 * (before[t] - after[t]) for t in before if t != "add")
+    print(f"{algo}: add {100 * before['add']:.1f} -> {100 * after['add']:.1f} % ({gain:+.1f} pts), tax {tax:+.1f} pts, "
+          f"sparsity {100 * report['sparsity']['overall']:.1f} %, train {report['wall_seconds']:.1f} s")
+    assert report["init"] == "sft" and report["trained_tasks"] == ["add"] and report["seed"] == 0
+    assert report["accuracy"]["n"]["add"] == 1000
+    least_gain, most_tax = BOUNDS[algo]
+    assert gain >= least_gain
+    assert tax <= most_tax
     assert 0.0 <= report["sparsity"]["overall"] <= 1.0 and 0.0 < report["rank"]["mean_fraction"] <= 1.0
