@@ -3,8 +3,9 @@
 CleanRL's `Args` dataclass, turned into a CLI the way `tyro` does it, in a few
 lines: every field becomes `--field-name`, typed from its annotation, its
 default from the dataclass (or an override), its help from the docstring
-written under the field. A value the dataclass rejects in `__post_init__`
-becomes a click usage error naming the option.
+written under the field. The commands pass the options a user typed to
+`minirl.runs.resolve`, where a value the dataclass rejects in
+`__post_init__` becomes a click usage error naming the field.
 """
 
 from __future__ import annotations
@@ -95,13 +96,3 @@ def dataclass_options(cls, defaults: dict | None = None, exclude: tuple = ()):
         return fn
 
     return decorate
-
-
-def build(cls, kwargs: dict):
-    """Instantiate `cls` from the matching CLI kwargs; its ValueError becomes a usage error."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in kwargs.items() if k in names}
-    try:
-        return cls(**values)
-    except (ValueError, TypeError) as e:
-        raise click.UsageError(str(e)) from None
