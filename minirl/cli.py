@@ -190,6 +190,9 @@ def report(run_dir, as_json, brief):
         raise click.BadParameter(str(e), param_hint="RUN_DIR") from None
     if as_json:
         click.echo(json.dumps(r, indent=2))
+    elif "accuracy_raw" not in r and "trained_tasks" not in r:
+        raise click.BadParameter(f"{run_dir}: report.json was written by an older minirl (it has no "
+                                 "'trained_tasks'); --json prints it as it is", param_hint="RUN_DIR")
     else:
         render(r, detail=not brief)
 

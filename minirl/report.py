@@ -44,8 +44,11 @@ def load_report(path) -> dict:
     path = Path(path)
     file = path / "report.json" if path.is_dir() else path
     if not file.exists():
-        raise FileNotFoundError(f"no report.json in {path} (was the run started with --report and did it finish?)")
-    return json.loads(file.read_text())
+        raise FileNotFoundError(f"no report.json in {path} (did the run finish? `--resume {path}` continues it)")
+    try:
+        return json.loads(file.read_text())
+    except ValueError as e:
+        raise ValueError(f"{file} is not valid JSON: {e}") from None
 
 
 def _accuracy_table(r: dict) -> Table:

@@ -330,3 +330,11 @@ def test_the_cli_and_the_python_api_resolve_the_same_run(name, tiny_checkpoint, 
             for key, value in values.items():
                 if key not in settings and key != "steps":
                     assert value == untouched[section][key], (section, key)
+
+
+def test_report_of_an_older_report_json_is_a_usage_error_and_json_still_prints_it(tmp_path):
+    (tmp_path / "report.json").write_text(json.dumps({"algorithm": "grpo", "task": "add", "tax": {}}))
+    assert "older minirl" in usage_error("report", tmp_path)
+    assert json.loads(ok("report", tmp_path, "--json").stdout)["task"] == "add"
+    (tmp_path / "report.json").write_text("{not json")
+    assert "not valid JSON" in usage_error("report", tmp_path)
