@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minirl.config import check_fields
 from minirl.precision import PrecisionPolicy, get_policy
 
 
@@ -385,8 +386,6 @@ class OptimizerConfig:
     """SGD only: momentum."""
 
     def __post_init__(self):
-        from minirl.config import check_fields
-
         self.betas = tuple(self.betas)
         check_fields(self, [
             ("optimizer", self.optimizer in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 import warnings
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from minirl.checkpoint import (CONFIG_NAME, CheckpointError, atomic_write_json, atomic_write_text, iter_tensors,
-                               load_checkpoint, read_header, save_checkpoint, _dumps)
+from minirl.checkpoint import (CheckpointError, _dumps, atomic_write_json, atomic_write_text, iter_tensors,
+                               load_checkpoint, save_checkpoint)
 from minirl.config import check_keys, dumps_toml, from_values, load_toml, to_values
 from minirl.evaluate import benchmark
 from minirl.loading import load
@@ -40,6 +39,7 @@ from minirl.model import Transformer, TransformerConfig
 from minirl.optim import OptimizerConfig, make_optimizer
 from minirl.precision import get_policy
 from minirl.rl import algorithms
+from minirl.rl.sft import Pretrain, PretrainConfig
 from minirl.tasks import TASKS, CharTokenizer
 from minirl.train import TrainConfig, TrainState, train
 
@@ -156,8 +156,10 @@ class RunDir:
     def load_state(self, name, model) -> TrainState | None:
         """Load ``checkpoints/<name>`` into `model` and return its TrainState; None when there is no such checkpoint."""
         path = self.checkpoint_path(name)
-        if not path.exists() and not (path.parent / f".{path.name}.old").is_dir():
-            return None
+        if not path.exists():
+            path = path.parent / f".{path.name}.old"  # a save that crashed mid-swap left the previous one here
+            if not path.is_dir():
+                return None
         state_file = path / "trainer_state.json"
         if not state_file.is_file():
             raise CheckpointError(f"{path} holds weights but no trainer_state.json (it was saved after a failed "
@@ -193,8 +195,6 @@ def new_run_dir(out: str | Path | None, kind: str) -> RunDir:
 # ------------------------------------------------------------------------- configs
 def sections(name: str) -> dict[str, type]:
     """The config sections of job `name` ("pretrain" or an algorithm), section name -> dataclass."""
-    from minirl.rl.sft import PretrainConfig
-
     if name == "pretrain":
         return {"model": TransformerConfig, "pretrain": PretrainConfig, "train": TrainConfig,
                 "optimizer": OptimizerConfig}
@@ -353,8 +353,6 @@ def pretrain(config=None, out=None, progress: bool = True, bench_n: int | None =
 
 
 def _pretrain(spec: RunSpec, rundir: RunDir, progress: bool, bench_n, resume: bool) -> dict:
-    from minirl.rl.sft import Pretrain
-
     bench_n = BENCH_N if bench_n is None else bench_n
     tok = CharTokenizer()
     model_cfg, data_cfg, train_cfg = spec["model"], spec["pretrain"], spec["train"]

@@ -101,6 +101,8 @@ def test_training_state_round_trips_and_a_weights_only_checkpoint_is_refused(tmp
     assert same_tensors(other.state_dict(), model.state_dict())
     assert (back.step, back.algorithm, back.wall_seconds, back.rng) == (7, {"kl_coef": 0.05}, 1.5, state.rng)
     assert same_tensors(back.optimizer.pop("tensors"), opt.pop("tensors")) and back.optimizer == opt
+    (tmp_path / "checkpoints" / "last").rename(tmp_path / "checkpoints" / ".last.old")  # a save crashed mid-swap
+    assert run.load_state("last", other).step == 7  # the complete previous checkpoint is found
     run.save_state("last", model, "bf16", None)  # after a failed update: weights only
     with pytest.raises(CheckpointError, match=r"no trainer_state\.json .* cannot be resumed"):
         run.load_state("last", other)
