@@ -129,9 +129,21 @@ common_options = [
     click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
 ]
 
+PREF_WHAT = ("Trains --init on preference data of the task (--pairs offline: the correct answer against a plausible "
+             "mistake; on_policy: the initial policy's best against its worst sample; or a JSONL file in TRL's "
+             "format, saved back as pairs.jsonl in the run directory) and reports greedy accuracy before/after on "
+             "every task (the alignment tax), the implicit rewards")
 RUN_WHAT = {
     "sft": "Instruction-tunes --init on chat-format examples of every task (loss on the answer and eos only: the "
            "recipe of the shipped sft model) and reports greedy accuracy before/after on every task",
+    "dpo": PREF_WHAT, "ipo": PREF_WHAT, "simpo": PREF_WHAT, "orpo": PREF_WHAT,
+    "kto": PREF_WHAT.replace("preference data", "unpaired examples (each pair's chosen desirable, its rejected "
+                                                "undesirable)"),
+    "rft": "Samples --init on the task, keeps its verified-correct answers (--pairs on_policy; offline: the task's "
+           "correct answers, plain SFT) and fine-tunes on them, and reports greedy accuracy before/after on every task",
+    "rm": "Trains a Bradley-Terry reward model (a scalar head on the last token of --init) on preference pairs and "
+          "reports its pairwise accuracy on held-out pairs before/after; use it in any RL run with --reward rm:DIR, "
+          "where DIR is its checkpoints/final",
 }
 RUN_DETAILS = """{what}, and the update's sparsity and rank beside the paper's. Defaults are
 the algorithm's preset (minirl/presets/{name}.toml); --config FILE overrides
@@ -159,7 +171,7 @@ def main():
 
 @main.group()
 def run():
-    """Fine-tune a model: sft, or an RL algorithm."""
+    """Fine-tune a model: sft, an RL algorithm, a preference algorithm (dpo, ipo, kto, simpo, orpo, rft), or a reward model (rm)."""
 
 
 def _register_commands():
@@ -259,7 +271,8 @@ def sample(ckpt, prompts, max_new_tokens, greedy, temperature, top_k, num_sample
 @main.command()
 @click.argument("ckpt")
 @click.option("--format", "fmt", type=click.Choice(["torch", "hf"]), required=True,
-              help="torch: a PyTorch nn.Module + state_dict; hf: a LlamaForCausalLM directory.")
+              help="torch: a PyTorch nn.Module + state_dict; hf: a LlamaForCausalLM directory (a reward model: "
+                   "LlamaForSequenceClassification).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Weight dtype of the hf export.")

@@ -34,8 +34,10 @@ def resolve(name_or_path) -> Path:
     return path
 
 
-def load(name_or_path, value_head: bool | None = None) -> Transformer:
-    """A model from a shipped name ("base", "sft") or a checkpoint path; optionally add a value head."""
+def load(name_or_path, value_head: bool | None = None, reward_head: bool | None = None) -> Transformer:
+    """A model from a shipped name ("base", "sft") or a checkpoint path; optionally add or drop a value head
+    (PPO's critic, zero-initialised) or a reward head (`score`, a reward model's, initialised as the model's
+    other matrices: normal with std initializer_range)."""
     path = resolve(name_or_path)
     tensors, config = load_checkpoint(path)
     if "model" not in config:
@@ -43,6 +45,8 @@ def load(name_or_path, value_head: bool | None = None) -> Transformer:
     model_cfg = dict(config["model"])
     if value_head is not None:
         model_cfg["value_head"] = value_head
+    if reward_head is not None:
+        model_cfg["reward_head"] = reward_head
     tokenizer = CharTokenizer.from_dict(config["tokenizer"]) if config.get("tokenizer") else CharTokenizer()
     model = Transformer(TransformerConfig.from_dict(model_cfg), tokenizer=tokenizer)
     expected = {name: p.shape for name, p in model.named_parameters()}
@@ -50,6 +54,10 @@ def load(name_or_path, value_head: bool | None = None) -> Transformer:
         tensors = {**tensors, "value_head.weight": model.value_head.weight.data}  # a fresh head, zero-initialised
     if value_head is False:
         tensors = {k: v for k, v in tensors.items() if k != "value_head.weight"}
+    if reward_head and "score.weight" not in tensors:
+        tensors = {**tensors, "score.weight": model.score.weight.data}  # a fresh head
+    if reward_head is False:
+        tensors = {k: v for k, v in tensors.items() if k != "score.weight"}
     check_shapes(tensors, expected, path)
     model.load_state_dict(tensors)
     return model

@@ -52,9 +52,15 @@ def load_report(path) -> dict:
 
 
 def _accuracy_table(r: dict) -> Table:
-    """Greedy accuracy before/after on every task: the trained ones, then the others (the alignment tax)."""
-    t = Table(title="greedy accuracy on the held-out benchmark", title_justify="left")
-    for col, j in (("task", "left"), ("problems", "right"), ("before", "right"), ("after", "right"),
+    """Greedy accuracy before/after on every task: the trained ones, then the others (the alignment tax).
+
+    A reward model's report holds its pairwise accuracy on held-out pairs instead (metric "pairwise").
+    """
+    pairwise = r["accuracy"].get("metric") == "pairwise"
+    title = ("reward model: pairwise accuracy on held-out pairs (chosen scored above rejected)" if pairwise
+             else "greedy accuracy on the held-out benchmark")
+    t = Table(title=title, title_justify="left")
+    for col, j in (("task", "left"), ("pairs" if pairwise else "problems", "right"), ("before", "right"), ("after", "right"),
                    ("change", "right")):
         t.add_column(col, justify=j)
     before, after, trained = r["accuracy"]["before"], r["accuracy"]["after"], r["trained_tasks"]
@@ -119,6 +125,15 @@ def _paper_table(r: dict) -> Table:
     if row:  # the paper's row for the same algorithm (REINFORCE and RLOO are not in its Table 1)
         t.add_row(f"  {row['algorithm'].upper()}, {row.get('model', 'Table 1')}", f"{row['sparsity']} %",
                   pct(sp["overall"]))
+    dist = paper.get("data_distribution")
+    if dist and r.get("preference") and r["algorithm"] in ("dpo", "rft"):
+        ind, ood = dist["in_distribution"], dist["out_of_distribution"]
+        if r["algorithm"] == "dpo":
+            ref = f"on-policy {ind['dpo']} % / off-policy {ood['dpo'][0]} %, {ood['dpo'][1]} %"
+        else:
+            ref = f"RFT {ind['rejection_sampling_sft']} % / SFT {ood['sft']} %"
+        t.add_row(f"  in- vs out-of-distribution data (this run: {r['preference']['data']['source']})", ref,
+                  pct(sp["overall"]))
     if r["algorithm"] == "grpo":
         kl = paper["kl"]
         beta = r.get("config", {}).get("grpo", {}).get("beta")
@@ -136,16 +151,40 @@ def _paper_table(r: dict) -> Table:
     return t
 
 
-def _curve_line(r: dict) -> str:
-    """The reward curve (RL) or the loss curve (SFT) as a sparkline with its first and last tenth."""
+def _curve_line(r: dict, name: str | None = None, label: str | None = None) -> str:
+    """A curve as a sparkline with the means of its first and last tenth (default: RL's reward, else the loss)."""
     curves = r.get("curves", {})
-    name = "reward" if "reward" in curves else "loss"
+    name = name or ("reward" if "reward" in curves else "loss")
     finite = [v for v in curves.get(name, []) if v is not None and math.isfinite(v)]
     if not finite:
         return f"no {name} logged"
     tenth = max(1, len(finite) // 10)
-    return (f"{name} per step {sparkline(finite, 40)}  first tenth {sum(finite[:tenth]) / tenth:.2f} → "
+    return (f"{label or name} per step {sparkline(finite, 40)}  first tenth {sum(finite[:tenth]) / tenth:.2f} → "
             f"last tenth {sum(finite[-tenth:]) / tenth:.2f}")
+
+
+def _preference_lines(r: dict) -> list[str]:
+    """The preference data (source, size, how often the verifier accepts chosen and rejected) and the end stats."""
+    pref = r.get("preference")
+    if not pref:
+        return []
+    d = pref["data"]
+    if "pairs" in d:
+        data = (f"data: {d['pairs']} {d['source']} pairs of {d['task']}; the verifier accepts {pct(d['chosen_correct'])}"
+                f" of chosen, {pct(d['rejected_correct'])} of rejected")
+    else:
+        data = (f"data: {d['examples']} {d['source']} examples of {d['task']} ({d['desirable']} desirable); the "
+                f"verifier accepts {pct(d['desirable_correct'])} of the desirable ones")
+    lines = [data]
+    if d.get("built_at_step", 0) > 0:
+        lines.append(f"  (the last data set, rebuilt from the policy at step {d['built_at_step']})")
+    final = pref.get("final", {})
+    if final:
+        lines.append("last tenth of training: " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()))
+    for name, label in (("rewards/accuracies", "implicit reward accuracy"), ("rewards/margins", "implicit margin")):
+        if name in r.get("curves", {}):
+            lines.append(_curve_line(r, name, label))
+    return lines
 
 
 def render(r: dict, console: Console | None = None, detail: bool = True) -> None:
@@ -158,6 +197,10 @@ def render(r: dict, console: Console | None = None, detail: bool = True) -> None
             f"seed {r['seed']} · {r['steps']} steps · precision {r['precision']} · {r['wall_seconds']:.1f} s training"
             + (" · [yellow]interrupted[/]" if r.get("interrupted") else ""))
     lines = [head, _curve_line(r)]
+    if "rm_score" in r.get("curves", {}):  # trained on a reward model: its score beside the verifier's accuracy
+        lines += [_curve_line(r, "rm_score", "reward model score"),
+                  _curve_line(r, "accuracy", "verifier accuracy (sampled)")]
+    lines += _preference_lines(r)
     if "kl" in r:
         kl = r["kl"]
         lines.append(f"KL(π ‖ π_ref) per sequence on {kl['n']} fresh samples: k1 {kl['k1']:.4f}, k3 {kl['k3']:.4f}")

@@ -39,6 +39,7 @@ from minirl.model import Transformer, TransformerConfig
 from minirl.optim import OptimizerConfig, make_optimizer
 from minirl.precision import get_policy
 from minirl.rl import algorithms
+from minirl.rl.preference import PreferenceData
 from minirl.rl.sft import Pretrain, PretrainConfig
 from minirl.tasks import TASKS, CharTokenizer
 from minirl.train import TrainConfig, TrainState, train
@@ -336,6 +337,7 @@ def paper_beside(algorithm: str) -> dict:
         "rank_range": sp["rank"]["range"],
         "tol": sp["tol"]["value"],
         "relative_step": p["scale_matching"]["relative_step"],
+        "data_distribution": {k: sp["data_distribution"][k] for k in ("in_distribution", "out_of_distribution")},
     }
 
 
@@ -395,40 +397,92 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
     """Any algorithm from an init model: accuracy on every task before/after, KL, and what the update did.
 
     Resumes `rundir` when given, else makes a new run directory `out` once the init model has loaded.
+    A reward model (`rm`) is measured by its pairwise accuracy on held-out pairs instead.
     """
     algo_cfg, train_cfg, optim_cfg = spec[spec.name], spec["train"], spec["optimizer"]
     algo_cls = algorithms()[spec.name][1]
-    policy = load(spec.init, value_head=True if getattr(algo_cls, "value_head", False) else None)
+    policy = load(spec.init, value_head=True if getattr(algo_cls, "value_head", False) else None,
+                  reward_head=True if getattr(algo_cls, "reward_head", False) else None)
     ref = load(spec.init)
     resume = rundir is not None
     rundir = rundir or _open_run(spec, out)
     algo = algo_cls(algo_cfg, ref)
     trained = [algo_cfg.task] if hasattr(algo_cfg, "task") else list(dict.fromkeys(algo_cfg.tasks))
-    # bench_n given (tests): every task on that many problems; else the trained task(s) on TRAINED_N
-    n = {t: bench_n or (TRAINED_N if t in trained else BENCH_N) for t in TASKS}
-    before = accuracy(policy, n)
+    if getattr(algo_cls, "reward_head", False):
+        heldout = heldout_pairs(algo_cfg, ref, train_cfg.seed)
+        n = {algo_cfg.task: len(heldout)}
+        measure = lambda model: {algo_cfg.task: pairwise_accuracy_of(model, heldout)}  # noqa: E731
+    else:
+        # bench_n given (tests): every task on that many problems; else the trained task(s) on TRAINED_N
+        n = {t: bench_n or (TRAINED_N if t in trained else BENCH_N) for t in TASKS}
+        measure = lambda model: accuracy(model, n)  # noqa: E731
+    before = measure(policy)
     optimizer = make_optimizer(list(policy.named_parameters()), optim_cfg, train_cfg.precision)
     theta0 = policy.state_dict()  # θ0 as stored: the optimizer has rounded the weights to the storage grid
     regime = relative_step(optim_cfg.lr, policy)
     result = train(policy, algo, train_cfg, optim_cfg, run=rundir, optimizer=optimizer, progress=progress,
                    resume=resume)
     rundir.save_model("final", policy, train_cfg.precision)
-    after = accuracy(policy, n)
+    after = measure(policy)
+    curves = ("loss", "reward", "accuracy", "rm_score", "rewards/accuracies", "rewards/margins")
     report = {
         "command": spec.command, "algorithm": spec.name, "init": spec.init, "seed": train_cfg.seed,
         "steps": len(result.history), "interrupted": result.interrupted, "precision": train_cfg.precision,
         "wall_seconds": result.wall_seconds, "trained_tasks": trained,
-        "accuracy": {"before": before, "after": after, "n": n},
-        "curves": {k: [h.get(k, float("nan")) for h in result.history] for k in ("loss", "reward", "accuracy")
+        "accuracy": {"before": before, "after": after, "n": n,
+                     "metric": "pairwise" if getattr(algo_cls, "reward_head", False) else "greedy"},
+        "curves": {k: [h.get(k, float("nan")) for h in result.history] for k in curves
                    if any(k in h for h in result.history)},
         "regime": regime, "paper": paper_beside(spec.name),
         "config": spec.to_dict(), "checkpoint": str(rundir.checkpoint_path("final")), "run_dir": str(rundir.path),
     }
-    if hasattr(algo_cfg, "task"):  # a policy sampled on one task: its KL to the reference there
-        report["kl"] = final_kl(policy, ref, algo_cfg.task, train_cfg.seed)
+    if hasattr(algo_cfg, "task") and not getattr(algo_cls, "reward_head", False):
+        report["kl"] = final_kl(policy, ref, algo_cfg.task, train_cfg.seed)  # the policy's KL to the reference
+    if isinstance(getattr(algo, "data", None), PreferenceData):
+        report["preference"] = preference_section(algo.data, result.history, rundir)
     report.update(update_analysis(theta0, policy.state_dict(), train_cfg.precision))
     rundir.write_json("report", report)
     return report
+
+
+def heldout_pairs(config, ref, seed: int, n: int = 500) -> list:
+    """Held-out pairs like the training pairs: offline pairs, or the initial policy's best vs worst (on_policy).
+
+    Their prompts are the task's fixed held-out problems, and the verifier ranks them (whatever ranked the
+    training pairs: a reward model is judged against the ground truth). A JSONL data set is judged on offline
+    held-out pairs.
+    """
+    from minirl.rl.preference import Pair, verifier_pairs
+    from minirl.tasks import heldout_set, resolve_task
+
+    task = resolve_task(config.task)
+    examples = heldout_set(task, n)
+    rng = np.random.default_rng([seed, 11])
+    if config.pairs != "on_policy":
+        return [Pair(ex.prompt, ex.answer, task.wrong_answer(ex.prompt, rng)) for ex in examples]
+    return verifier_pairs(ref, task, [ex.prompt for ex in examples], rng, config.num_generations, config.temperature)
+
+
+def pairwise_accuracy_of(model, pairs: list) -> float:
+    """Fraction of `pairs` whose chosen completion the reward model scores above the rejected one."""
+    from minirl.rl.reward_model import pairwise_accuracy
+
+    return pairwise_accuracy(model, [p.prompt for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs])
+
+
+PREFERENCE_STATS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
+                    "logps/rejected", "accuracy", "margin", "kl", "nll_loss", "log_odds_ratio")
+"""Per-step statistics of the preference losses whose last-tenth means the report shows (those a run logged)."""
+
+
+def preference_section(data, history: list[dict], rundir: RunDir) -> dict:
+    """The data a preference run learned from (saved as pairs.jsonl) and its losses' statistics at the end."""
+    from minirl.rl.preference import save_jsonl
+
+    path = save_jsonl(rundir.path / "pairs.jsonl", data.rows)
+    tenth = history[-max(1, len(history) // 10):]
+    final = {k: float(np.mean([h[k] for h in tenth])) for k in PREFERENCE_STATS if tenth and all(k in h for h in tenth)}
+    return {"data": data.stats, "final": final, "pairs_file": str(path)}
 
 
 def job_name(run_dir) -> str:

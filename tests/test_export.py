@@ -282,15 +282,66 @@ def test_bf16_export_is_minirl_rounded(tmp_path):
 
 
 def test_heads_go_beside_the_lm(tmp_path):
+    # the value head (PPO's critic); a reward head makes the export a sequence classifier (the test below)
     from safetensors.numpy import load_file
 
-    model = random_model(TransformerConfig(**SMALL, value_head=True, reward_head=True))
+    model = random_model(TransformerConfig(**SMALL, value_head=True))
     out = export_hf(model, tmp_path)
-    assert set(load_file(out / "minirl_heads.safetensors")) == {"value_head.weight", "score.weight"}
-    assert not {"value_head.weight", "score.weight"} & set(load_file(out / "model.safetensors"))
+    assert set(load_file(out / "minirl_heads.safetensors")) == {"value_head.weight"}
+    assert "value_head.weight" not in set(load_file(out / "model.safetensors"))
     load_hf_model(out)  # no unexpected keys
     again = load_hf(out)
     assert all(np.array_equal(a.data, b.data) for a, b in zip(model.parameters(), again.parameters()))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_reward_model_exports_as_sequence_classifier(tmp_path, tied):
+    from safetensors.numpy import load_file
+
+    from minirl.rl.reward_model import chat_sequences
+
+    model = random_model(TransformerConfig(**SMALL, num_key_value_heads=2, value_head=True, reward_head=True,
+                                           tie_word_embeddings=tied))
+    out = export_hf(model, tmp_path / "rm", dtype="bf16")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForSequenceClassification"] and cfg["num_labels"] == 1
+    assert (cfg["pad_token_id"], cfg["torch_dtype"]) == (TOK.pad_id, "bfloat16")
+    # LlamaForSequenceClassification holds the trunk and `score`; the LM and value heads wait beside it
+    stored, beside = load_file(out / "model.safetensors"), load_file(out / "minirl_heads.safetensors")
+    assert stored["score.weight"].shape == (1, SMALL["hidden_size"]) and "model.embed_tokens.weight" in stored
+    assert set(beside) == {"value_head.weight"} | (set() if tied else {"lm_head.weight"})
+    assert set(stored) | set(beside) == {n for n, _ in model.named_parameters()}
+    transformers = pytest.importorskip("transformers")
+    hf, info = transformers.LlamaForSequenceClassification.from_pretrained(out, output_loading_info=True)
+    assert all(len(v) == 0 for v in info.values()), info
+    assert hf.config.num_labels == 1 and hf.config.pad_token_id == TOK.pad_id
+    # bf16 round trip: load_hf gives back the bf16-rounded model, every head included
+    again = load_hf(out)
+    assert again.config == model.config and again.tokenizer == TOK
+    import ml_dtypes
+    for (name, a), b in zip(model.named_parameters(), again.parameters()):
+        assert np.array_equal(a.data.astype(ml_dtypes.bfloat16).astype(np.float32), b.data), name
+
+    # the exported tokenizer pads on the right, so its batches are `chat_sequences` and HF's positions are minirl's
+    hf_tok = exported_tokenizer(out)
+    prompts, answers = ["1+2", "347+85", "sort 3142"], ["3", "432", "1234"]
+    batch = hf_tok.apply_chat_template([[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
+                                        for p, a in zip(prompts, answers)], padding=True, return_dict=True)
+    tokens, mask = chat_sequences(TOK, prompts, answers)
+    assert batch["input_ids"] == tokens.tolist() and batch["attention_mask"] == mask.astype(int).tolist()
+
+    # a causal LM exported over it afterwards leaves no reward-model file behind
+    export_hf(random_model(CONFIGS["mha"]), out)
+    assert not (out / "minirl_heads.safetensors").exists()
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert json.loads((out / "tokenizer_config.json").read_text())["padding_side"] == "left"
+
+
+def test_reward_model_export_needs_a_tokenizer(tmp_path):
+    model = random_model(TransformerConfig(**SMALL, reward_head=True))
+    model.tokenizer = None
+    with pytest.raises(ValueError, match="needs pad_token_id"):
+        export_hf(model, tmp_path)
 
 
 def test_torch_export_round_trip(tmp_path):

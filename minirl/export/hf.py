@@ -14,8 +14,27 @@ and holds:
     vocab.json               the character vocabulary, token -> id (if the model has a tokenizer)
     tokenizer_config.json    special tokens and how to encode
     tokenizer.json           the same vocabulary for the `tokenizers` library (one token per character)
-    minirl_heads.safetensors value head / reward head, if any (Llama has no place for them)
+    minirl_heads.safetensors minirl's extra weights, if any (the value head: Llama has no place for it)
     minirl_config.json       the full TransformerConfig, so `load_hf` rebuilds the exact model
+
+A reward model (`reward_head=True`, minirl/rl/reward_model.py) is exported as
+what TRL's RewardTrainer trains and saves, a sequence classifier:
+
+    from transformers import LlamaForSequenceClassification
+    rm = LlamaForSequenceClassification.from_pretrained(out_dir)   # no missing/unexpected keys
+    rm(input_ids, attention_mask=mask).logits[:, 0] == minirl's model.rewards(input_ids, mask)
+
+config.json says architectures ["LlamaForSequenceClassification"] and
+num_labels 1; model.safetensors holds the trunk `model.*` and the head
+`score.weight` (1, C), and the LM head `lm_head.weight` (untied models) moves
+to minirl_heads.safetensors, since the classifier has none. The classifier
+reads each row's logits at "the rightmost token that is not pad_token_id"
+(transformers' GenericForSequenceClassification), so pad_token_id is the
+tokenizer's pad: on a right-padded chat sequence `bos Q:...\\nA: answer eos
+pad ...` (`reward_model.chat_sequences`) that token is the eos, where minirl
+reads it too, and Hugging Face's default positions 0, 1, ... equal minirl's
+on right padding. The tokenizer pads on the right (`padding_side`) for the
+same reason; a reward model needs a tokenizer to be exported.
 
 Encoding for the exported model, the same as minirl's: one id per character,
 `vocab.json[c]`, after a bos. `AutoTokenizer.from_pretrained(out_dir)` (loads
@@ -64,6 +83,9 @@ DTYPES = {"fp32": (np.float32, "float32"), "bf16": (ml_dtypes.bfloat16, "bfloat1
 HEAD_NAMES = ("value_head.weight", "score.weight")
 """minirl-only heads, written to `minirl_heads.safetensors` instead of model.safetensors."""
 
+SEQ_CLS_EXTRA = ("value_head.weight", "lm_head.weight")
+"""A reward model's weights that LlamaForSequenceClassification has no place for (to `minirl_heads.safetensors`)."""
+
 CHAT_TEMPLATE = r"""{{- bos_token -}}
 {%- for message in messages -%}
     {%- if message['role'] != ['user', 'assistant'][loop.index0 % 2] -%}
@@ -85,12 +107,14 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 # ------------------------------------------------------------------ export
 def hf_config(model, dtype: str = "fp32", tokenizer=None) -> dict:
-    """The LlamaConfig dict (config.json) for a minirl Transformer."""
+    """The LlamaConfig dict (config.json) for a minirl Transformer (a sequence classifier if it has a reward head)."""
     cfg = model.config
     special = {} if tokenizer is None else {
         "pad_token_id": tokenizer.pad_id, "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
+    if cfg.reward_head:  # one scalar label; the classifier finds each row's last token by pad_token_id
+        special.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
     return {
-        "architectures": ["LlamaForCausalLM"],
+        "architectures": ["LlamaForSequenceClassification" if cfg.reward_head else "LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_act": "silu",
         "attention_bias": False,
@@ -116,7 +140,7 @@ def hf_config(model, dtype: str = "fp32", tokenizer=None) -> dict:
     }
 
 
-def tokenizer_files(tokenizer, max_length: int) -> dict[str, dict]:
+def tokenizer_files(tokenizer, max_length: int, padding_side: str = "left") -> dict[str, dict]:
     """vocab.json, tokenizer_config.json and tokenizer.json for a character vocabulary."""
     d = tokenizer.to_dict()
     vocab = {s: int(i) for s, i in d["vocab"].items()}
@@ -125,7 +149,7 @@ def tokenizer_files(tokenizer, max_length: int) -> dict[str, dict]:
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": max_length,
         "pad_token": pad, "bos_token": bos, "eos_token": eos,
-        "padding_side": "left",
+        "padding_side": padding_side,
         # as Llama's; tokenizer.json's post-processor is what adds bos (transformers 5 ignores these when it is present)
         "add_bos_token": True, "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
@@ -158,11 +182,12 @@ def tokenizer_files(tokenizer, max_length: int) -> dict[str, dict]:
 
 
 def export_hf(model, out_dir: str | os.PathLike, dtype: str = "fp32", tokenizer=None) -> Path:
-    """Write `model` as a Hugging Face LlamaForCausalLM directory; returns its path.
+    """Write `model` as a Hugging Face LlamaForCausalLM directory (LlamaForSequenceClassification with a reward head).
 
     `dtype` is the storage dtype of the weights ("fp32" or "bf16", rounded to
     nearest even as `ml_dtypes` does). `tokenizer` defaults to `model.tokenizer`;
-    without one the vocabulary files and special token ids are left out.
+    without one the vocabulary files and special token ids are left out (a
+    reward model needs one: its pad id marks where each sequence ends).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -170,19 +195,25 @@ def export_hf(model, out_dir: str | os.PathLike, dtype: str = "fp32", tokenizer=
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                          f"{model.config.vocab_size}")
+    seq_cls = model.config.reward_head
+    if seq_cls and tokenizer is None:
+        raise ValueError("a reward model is exported as LlamaForSequenceClassification, which needs pad_token_id "
+                         "to find each sequence's last token: pass tokenizer= or set model.tokenizer")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     np_dtype = DTYPES[dtype][0]
 
-    # 1) weights: the LM into model.safetensors, minirl's extra heads beside it
+    # 1) weights: what the Hugging Face class holds into model.safetensors, the rest beside it
+    extra_names, architecture = (SEQ_CLS_EXTRA, "LlamaForSequenceClassification") if seq_cls else (
+        HEAD_NAMES, "LlamaForCausalLM")
     lm, heads = {}, {}
     for name, p in model.named_parameters():
-        (heads if name in HEAD_NAMES else lm)[name] = np.ascontiguousarray(p.data.astype(np_dtype))
+        (heads if name in extra_names else lm)[name] = np.ascontiguousarray(p.data.astype(np_dtype))
     atomic_write(out_dir / "model.safetensors", lambda tmp: save_file(lm, tmp, metadata={"format": "pt"}))
     heads_path = out_dir / "minirl_heads.safetensors"
     if heads:
         atomic_write(heads_path, lambda tmp: save_file(heads, tmp, metadata={
-            "format": "pt", "note": "minirl value/reward heads; not part of LlamaForCausalLM"}))
+            "format": "pt", "note": f"minirl weights that are not part of {architecture}: {', '.join(heads)}"}))
     elif heads_path.exists():
         heads_path.unlink()  # a stale file from an earlier export of another model
 
@@ -196,7 +227,8 @@ def export_hf(model, out_dir: str | os.PathLike, dtype: str = "fp32", tokenizer=
 
     # 3) vocabulary
     if tokenizer is not None:
-        for name, content in tokenizer_files(tokenizer, model.config.max_position_embeddings).items():
+        padding_side = "right" if seq_cls else "left"  # right: HF's default positions are then minirl's
+        for name, content in tokenizer_files(tokenizer, model.config.max_position_embeddings, padding_side).items():
             write_json(out_dir / name, content)
     return out_dir
 
