@@ -71,29 +71,30 @@ def summarise(report: dict, seed: int, wall: float) -> dict:
     worst = max(drops, key=drops.get)
     return {"seed": seed, "task": task, "before": 100 * before[task], "after": 100 * after[task],
             "gain": 100 * (after[task] - before[task]), "tax": statistics.fmean(drops.values()), "worst_task": worst,
-            "worst_drop": drops[worst], "wall": wall, "train_seconds": report["wall_seconds"], "steps": report["steps"]}
+            "worst_drop": drops[worst], "wall": wall, "train_seconds": report["wall_seconds"], "steps": report["steps"],
+            "sparsity": 100 * report["sparsity"]["overall"]}
 
 
 def table(algo: str, rows: list[dict], options: list[str]) -> str:
     """The seeds table as Markdown: one row per seed, then mean / min / max."""
     title = f"`minirl run {algo}{' ' + ' '.join(options) if options else ''}`, seeds {','.join(str(r['seed']) for r in rows)}"
     lines = [title, "",
-             "| seed | before | after | gain (pts) | tax (pts, mean of 5) | worst task (pts) | wall (s) |",
-             "|---|---|---|---|---|---|---|"]
+             "| seed | before | after | gain (pts) | tax (pts, mean of 5) | worst task (pts) | sparsity (%) | wall (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['seed']} | {r['before']:.1f} | {r['after']:.1f} | {r['gain']:+.1f} | {r['tax']:+.1f} | "
-                     f"{r['worst_task']} {-r['worst_drop']:+.1f} | {r['wall']:.1f} |")
+                     f"{r['worst_task']} {-r['worst_drop']:+.1f} | {r['sparsity']:.1f} | {r['wall']:.1f} |")
     for name, fn in (("mean", statistics.fmean), ("min", min), ("max", max)):
         lines.append(f"| **{name}** | | {fn(r['after'] for r in rows):.1f} | **{fn(r['gain'] for r in rows):+.1f}** | "
                      f"**{fn(r['tax'] for r in rows):+.1f}** | {-fn(r['worst_drop'] for r in rows):+.1f} | "
-                     f"{fn(r['wall'] for r in rows):.1f} |")
+                     f"{fn(r['sparsity'] for r in rows):.1f} | {fn(r['wall'] for r in rows):.1f} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 usage="%(prog)s ALGO [--seeds 0-4] [--jobs N] [--json FILE] [-- minirl run options]")
-    p.add_argument("algo", help="grpo, ppo, reinforce or rloo")
+    p.add_argument("algo", help="an algorithm of `minirl run` with one trained task: grpo, ppo, dpo, kto, ...")
     p.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-4"), help="e.g. 0-4 (default) or 0,2,7")
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once (default 1; wall times need 1)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")

@@ -171,7 +171,8 @@ def main():
 
 @main.group()
 def run():
-    """Fine-tune a model: sft, an RL algorithm, a preference algorithm (dpo, ipo, kto, simpo, orpo, rft), or a reward model (rm)."""
+    """Fine-tune a model: sft; RL (grpo, ppo, reinforce, rloo); preferences (dpo, ipo, kto, simpo, orpo, rft); a
+    reward model (rm)."""
 
 
 def _register_commands():

@@ -103,6 +103,8 @@ class PreferenceConfig:
     def __post_init__(self):
         resolve_task(self.task)  # raises naming the known tasks
         check_fields(self, self._checks())
+        if self.pairs not in PAIR_SOURCES:
+            load_jsonl(self.pairs)  # a malformed line fails now, naming its number and field, not mid-run
 
     def _checks(self) -> list[tuple[str, bool, str]]:
         file_ok = self.pairs in PAIR_SOURCES or (self.pairs.endswith(".jsonl") and Path(self.pairs).is_file())
@@ -438,8 +440,14 @@ class PreferenceData:
     def ensure(self, policy, rng: np.random.Generator, step: int) -> None:
         """Build the data at the first step, and rebuild it from `policy` when `regenerate_every` says so."""
         k = self.config.regenerate_every
-        if self.rows is None or (k and step % k == 0 and step != self.built_at):
+        if self.rows is None:
             self._set(self._build(policy, rng), policy.tokenizer, step)
+        elif k and step % k == 0 and step != self.built_at:
+            rows = self._build(policy, rng)
+            if rows:
+                self._set(rows, policy.tokenizer, step)
+            else:  # every prompt's samples scored the same (all right, say): keep learning from the last data
+                self.stats["empty_rebuilds"] = self.stats.get("empty_rebuilds", 0) + 1
 
     def _build(self, policy, rng) -> list:
         c = self.config
