@@ -8,10 +8,12 @@ Each seed runs the real command, `minirl run ALGO --seed S --out DIR --json
 --no-progress [options]`, in its own process, and the whole process is timed
 (imports, loading, the before/after benchmarks, training, the analysis): the
 wall time a user waits. For each seed it reads the run's report.json and
-prints the greedy accuracy on the trained task before and after (200
+prints the greedy accuracy on the trained task before and after (1000
 held-out problems), the gain in points, the alignment tax (the mean drop in
-points over the other five tasks; a gain counts negative) and the largest
-single-task drop; then the mean, min and max of each column over the seeds.
+points over the other five tasks; a gain counts negative), the largest
+single-task drop and the update sparsity; then the mean, min and max of each
+column over the seeds. For `rm` the accuracy is the reward model's pairwise
+accuracy on held-out pairs, and there is no tax.
 
 A result must hold beyond one seed and one machine: the same seed on another
 BLAS build diverges after a few hundred steps, so the seeds stand in for the
@@ -68,10 +70,10 @@ def summarise(report: dict, seed: int, wall: float) -> dict:
     before, after = report["accuracy"]["before"], report["accuracy"]["after"]
     [task] = report["trained_tasks"]
     drops = {t: 100 * (before[t] - after[t]) for t in before if t != task}
-    worst = max(drops, key=drops.get)
+    worst = max(drops, key=drops.get) if drops else "-"  # a reward model's report has one task: no tax
     return {"seed": seed, "task": task, "before": 100 * before[task], "after": 100 * after[task],
-            "gain": 100 * (after[task] - before[task]), "tax": statistics.fmean(drops.values()), "worst_task": worst,
-            "worst_drop": drops[worst], "wall": wall, "train_seconds": report["wall_seconds"], "steps": report["steps"],
+            "gain": 100 * (after[task] - before[task]), "tax": statistics.fmean(drops.values()) if drops else 0.0,
+            "worst_task": worst, "worst_drop": drops.get(worst, 0.0), "wall": wall, "train_seconds": report["wall_seconds"], "steps": report["steps"],
             "sparsity": 100 * report["sparsity"]["overall"]}
 
 
