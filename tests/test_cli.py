@@ -101,7 +101,7 @@ def test_grpo_report_has_the_documented_keys(runs):
             "curves", "kl", "regime", "paper", "config", "sparsity", "rank"} <= set(report)
     assert (report["algorithm"], report["trained_tasks"], report["seed"], report["steps"], report["precision"]) == (
         "grpo", ["add"], 0, 2, "bf16")
-    assert set(report["accuracy"]) == {"before", "after", "n"}
+    assert set(report["accuracy"]) == {"before", "after", "n", "metric"} and report["accuracy"]["metric"] == "greedy"
     assert report["accuracy"]["n"] == {"add": 1000, "sort": 200, "reverse": 200, "copy": 200, "max": 200, "count": 200}
     assert set(report["accuracy"]["before"]) == set(report["accuracy"]["after"]) == {
         "add", "sort", "reverse", "copy", "max", "count"}

@@ -92,8 +92,8 @@ def test_configs_reject_bad_values_naming_the_field():
 
 
 def test_a_dpo_job_reports_its_data_and_implicit_rewards(tmp_path, tiny_checkpoint):
-    report = runs.rl("dpo", out=tmp_path / "run", init=str(tiny_checkpoint), steps=3, num_prompts=32, batch_size=4,
-                     progress=False, bench_n=2)
+    report = runs.rl("dpo", out=tmp_path / "run", init=str(tiny_checkpoint), steps=3, pairs="offline", num_prompts=32,
+                     batch_size=4, progress=False, bench_n=2)
     pref = report["preference"]
     assert pref["data"]["pairs"] == 32 and pref["data"]["chosen_correct"] == 1.0
     assert {"rewards/accuracies", "rewards/margins"} <= set(pref["final"])
@@ -120,8 +120,8 @@ def test_cli_trains_on_a_users_jsonl_and_names_a_bad_file(tmp_path, tiny_checkpo
 
 def test_reward_model_then_rl_on_its_score_end_to_end(tmp_path, tiny_checkpoint):
     """SFT -> reward model -> RL on the reward model's score (PERL's pipeline), with the verifier beside it."""
-    rm_report = runs.rl("rm", out=tmp_path / "rm", init=str(tiny_checkpoint), steps=3, num_prompts=32, batch_size=4,
-                        progress=False)
+    rm_report = runs.rl("rm", out=tmp_path / "rm", init=str(tiny_checkpoint), steps=3, pairs="offline", num_prompts=32,
+                        batch_size=4, progress=False)
     assert rm_report["accuracy"]["metric"] == "pairwise" and rm_report["accuracy"]["n"] == {"add": 500}
     assert "kl" not in rm_report
     rm_path = rm_report["checkpoint"]

@@ -118,9 +118,9 @@ CASES = {
                 precision="fp32", **SMALL_RL),
     "sft": dict(lr=1e-3, batch_size=4, schedule="cosine", warmup_steps=2),
     # the data set is part of the state: on-policy pairs, rebuilt from the policy at step 3 (after the stop)
-    "dpo": dict(lr=1e-3, task="max", pairs="on_policy", num_prompts=64, num_generations=8, batch_size=4,
-                regenerate_every=3),
-    "rm": dict(lr=1e-3, num_prompts=32, batch_size=4),  # a reward head added to the init model
+    "dpo": dict(lr=1e-3, task="max", pairs="on_policy", reward="partial", num_prompts=64, num_generations=8,
+                batch_size=4, regenerate_every=3),
+    "rm": dict(lr=1e-3, pairs="offline", num_prompts=32, batch_size=4),  # a reward head added to the init model
 }
 
 

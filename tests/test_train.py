@@ -119,10 +119,10 @@ def test_nan_reward_stops_the_run_naming_the_step_and_keeps_the_last_good_weight
 
     def poison_from_step_1(step, metrics):
         snapshots[step] = model.state_dict()
-        monkeypatch.setattr(task_class, "verify", lambda self, prompt, completion: float("nan"))
+        monkeypatch.setattr(task_class, "reward", lambda self, prompt, completion: float("nan"))
 
     with pytest.raises(TrainingError, match=r"step 1: reward of sequence 0 is nan.*last good weights saved"):
-        run(model, GRPO(GRPOConfig(num_prompts=2, num_generations=2)), steps=3, run=rundir,
+        run(model, GRPO(GRPOConfig(num_prompts=2, num_generations=2, reward="partial")), steps=3, run=rundir,
             on_step=poison_from_step_1)
     assert sorted(snapshots) == [0]
     assert states_equal(model.state_dict(), snapshots[0])  # the NaN rollout changed nothing

@@ -108,7 +108,8 @@ class PreferenceConfig:
 
     def _checks(self) -> list[tuple[str, bool, str]]:
         file_ok = self.pairs in PAIR_SOURCES or (self.pairs.endswith(".jsonl") and Path(self.pairs).is_file())
-        reward_ok = self.reward in ("exact", "partial") or (self.reward.startswith("rm:") and Path(self.reward[3:]).exists())
+        reward_ok = self.reward in ("exact", "partial") or (self.reward.startswith("rm:")
+                                                             and _is_reward_model(self.reward[3:]))
         return [
             ("pairs", file_ok, "offline, on_policy, or an existing .jsonl file"),
             ("reward", reward_ok, "exact, partial, or rm:PATH with PATH a reward-model checkpoint"),
@@ -120,6 +121,16 @@ class PreferenceConfig:
                                                                   or self.pairs == "on_policy"),
              ">= 0, and > 0 only with pairs = on_policy"),
         ]
+
+
+def _is_reward_model(path: str) -> bool:
+    from minirl.rl.reward_model import check_reward_model  # here: reward_model.py builds on this module
+
+    try:
+        check_reward_model(path)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------- building pairs
