@@ -19,8 +19,8 @@ if _numpy_first:
 __version__ = "0.1.0"
 
 
-def load(name_or_path, value_head=None):
-    """A model from a shipped name ("base", "sft") or a checkpoint path."""
+def load(name_or_path, value_head=None, reward_head=None):
+    """A shipped model ("base", "sft") or a checkpoint path, with a value or reward head added or dropped."""
     from minirl.loading import load as _load
 
-    return _load(name_or_path, value_head=value_head)
+    return _load(name_or_path, value_head=value_head, reward_head=reward_head)

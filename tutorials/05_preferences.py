@@ -52,7 +52,7 @@ except ModuleNotFoundError:  # a source checkout without `pip install -e .`: the
 import numpy as np
 
 from minirl.evaluate import complete
-from minirl.loading import load, save_model
+from minirl.loading import save_model
 from minirl.optim import OptimizerConfig
 from minirl.rl.dpo import DPO, DPOConfig, dpo_loss
 from minirl.rl.kl import exact_kl
@@ -644,12 +644,12 @@ assert bt_stats["accuracy"] == 0.0  # a tie counts as wrong
 
 # %% [markdown]
 # Train one briefly on offline pairs: the SFT model with a fresh reward head
-# (`load("sft", reward_head=True)`), 80 steps of 32 pairs, lr 3e-4. Its
+# (`minirl.load("sft", reward_head=True)`), 80 steps of 32 pairs, lr 3e-4. Its
 # `pairwise_accuracy` on 400 held-out offline pairs (the fraction with
 # score(chosen) > score(rejected)) starts near chance:
 
 # %%
-rm = load("sft", reward_head=True)
+rm = minirl.load("sft", reward_head=True)
 held = offline_pairs("add", np.random.default_rng([0, 99]), 400)
 held_args = ([p.prompt for p in held], [p.chosen for p in held], [p.rejected for p in held])
 acc_before = pairwise_accuracy(rm, *held_args)
