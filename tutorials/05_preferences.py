@@ -80,6 +80,15 @@ except ImportError:
 FIG_DIR = Path(tempfile.gettempdir()) / "minirl_tutorials"  # outside the repository: nothing to commit
 
 
+def save_figure(fig, name: str) -> None:
+    """Write `fig` to FIG_DIR/name and say where."""
+    FIG_DIR.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(FIG_DIR / name, dpi=100)
+    plt.close(fig)
+    print("figure:", FIG_DIR / name)
+
+
 def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -345,7 +354,6 @@ assert per_pair(8.0, "robust", label_smoothing=eps) < 0
 
 # %%
 if plt is not None:
-    FIG_DIR.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, values in curves.items():
         ax.plot(grid, values, label=name + (" (ε = 0.2)" if name == "robust" else ""))
@@ -355,10 +363,7 @@ if plt is not None:
     ax.set_ylabel("per-pair loss")
     ax.set_title("DPO's loss family on the same margin")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(FIG_DIR / "05_loss_family.png", dpi=100)
-    plt.close(fig)
-    print("figure:", FIG_DIR / "05_loss_family.png")
+    save_figure(fig, "05_loss_family.png")
 else:
     print("(matplotlib is not installed: the table above has the same curves)")
 
@@ -605,7 +610,6 @@ assert abs(runs[("on_policy", 2.0)]["d"][0]) < 0.5  # on-policy, β = 2: the cho
 
 # %%
 if plt is not None:
-    FIG_DIR.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, b in zip(axes, (0.1, 2.0)):
         for pairs, color in (("offline", "tab:red"), ("on_policy", "tab:blue")):
@@ -617,10 +621,7 @@ if plt is not None:
         ax.set_xlabel("step")
         ax.legend()
     axes[0].set_ylabel("change of mean summed log-prob (probe set)")
-    fig.tight_layout()
-    fig.savefig(FIG_DIR / "05_dpo_logps.png", dpi=100)
-    plt.close(fig)
-    print("figure:", FIG_DIR / "05_dpo_logps.png")
+    save_figure(fig, "05_dpo_logps.png")
 else:
     print("(matplotlib is not installed: the tables above have the same trajectories)")
 
