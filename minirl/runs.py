@@ -448,9 +448,9 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
 def heldout_pairs(config, ref, seed: int, n: int = 500) -> list:
     """Held-out pairs like the training pairs: offline pairs, or the initial policy's best vs worst (on_policy).
 
-    Their prompts are the task's fixed held-out problems, and the verifier ranks them (whatever ranked the
-    training pairs: a reward model is judged against the ground truth). A JSONL data set is judged on offline
-    held-out pairs.
+    Their prompts are the task's fixed held-out problems, and the verifier ranks them as it ranked the training
+    pairs (exact or partial credit; pairs ranked by a reward model are judged against the verifier's partial
+    credit, the ground truth). A JSONL data set is judged on offline held-out pairs.
     """
     from minirl.rl.preference import Pair, verifier_pairs
     from minirl.tasks import heldout_set, resolve_task
@@ -460,7 +460,9 @@ def heldout_pairs(config, ref, seed: int, n: int = 500) -> list:
     rng = np.random.default_rng([seed, 11])
     if config.pairs != "on_policy":
         return [Pair(ex.prompt, ex.answer, task.wrong_answer(ex.prompt, rng)) for ex in examples]
-    return verifier_pairs(ref, task, [ex.prompt for ex in examples], rng, config.num_generations, config.temperature)
+    verifier = config.reward if config.reward in ("exact", "partial") else "partial"  # an rm: ranking: the truth
+    return verifier_pairs(ref, task, [ex.prompt for ex in examples], rng, config.num_generations, config.temperature,
+                          verifier)
 
 
 def pairwise_accuracy_of(model, pairs: list) -> float:

@@ -180,8 +180,11 @@ def on_policy_pairs(policy, task, rng: np.random.Generator, num_prompts: int, nu
 
 
 def verifier_pairs(policy, task, prompts: list[str], rng: np.random.Generator, num_generations: int,
-                   temperature: float = 1.0, chunk: int = 512) -> list[Pair]:
-    """Best vs worst, by the verifier's partial credit, of `num_generations` samples of `policy` for each given prompt."""
+                   temperature: float = 1.0, reward: str = "partial", chunk: int = 512) -> list[Pair]:
+    """Best vs worst, by the verifier (`reward`: exact or partial credit), of `num_generations` samples of `policy`
+    for each given prompt."""
+    if reward not in ("exact", "partial"):
+        raise ValueError(f"reward must be 'exact' or 'partial' (the verifier's), got {reward!r}")
     task = resolve_task(task)
     tok = policy.tokenizer
     rows = [p for p in prompts for _ in range(num_generations)]
@@ -189,7 +192,8 @@ def verifier_pairs(policy, task, prompts: list[str], rng: np.random.Generator, n
     for s in range(0, len(rows), chunk):
         ids = [encode_chat(tok, p)[0] for p in rows[s:s + chunk]]
         completions += policy.generate(ids, task.max_answer_len + 1, rng=rng, temperature=temperature).texts(tok)
-    rewards = np.array([task.reward(p, c) for p, c in zip(rows, completions)])
+    score = task.reward if reward == "partial" else (lambda p, c: float(task.verify(p, c)))
+    rewards = np.array([score(p, c) for p, c in zip(rows, completions)])
     return best_vs_worst(rows, completions, rewards, num_generations)
 
 
