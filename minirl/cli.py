@@ -40,11 +40,12 @@ def _load_or_fail(ckpt: str, param: str = "CKPT"):
 def _guard(fn, *args, **kwargs):
     """Run a job; turn the errors a user can fix into usage errors, not tracebacks."""
     from minirl.checkpoint import CheckpointError
+    from minirl.rl.preference import DataError
     from minirl.train import TrainingError
 
     try:
         return fn(*args, **kwargs)
-    except (FileExistsError, FileNotFoundError, CheckpointError) as e:
+    except (FileExistsError, FileNotFoundError, CheckpointError, DataError) as e:
         raise click.UsageError(str(e)) from None
     except TrainingError as e:
         console.print(f"[bold red]training stopped:[/] {e}")

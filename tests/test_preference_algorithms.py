@@ -137,3 +137,11 @@ def test_reward_model_then_rl_on_its_score_end_to_end(tmp_path, tiny_checkpoint)
     assert "reward model score" in console.export_text()
     render(rm_report, console=console)
     assert "pairwise accuracy on held-out pairs" in console.export_text()
+
+
+def test_data_that_gives_no_pairs_is_a_usage_error_not_a_traceback(tmp_path, tiny_checkpoint):
+    # a random model answers nothing right: best vs worst by the exact verifier finds no pair
+    result = CliRunner().invoke(main, ["run", "dpo", "--init", str(tiny_checkpoint), "--pairs", "on_policy",
+                                       "--reward", "exact", "--num-prompts", "4", "--steps", "1",
+                                       "--out", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 2 and "gave no examples" in result.output

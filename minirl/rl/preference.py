@@ -24,7 +24,7 @@ The prompt is the text the model sees after bos (minirl's chat format), so the
 same file trains the exported model in TRL; a bare task prompt ("347+85") is
 accepted too. TRL's conversational form ({"prompt": [{"role": "user",
 "content": "347+85"}], "chosen": [{"role": "assistant", "content": "432"}], ...})
-loads as well. A malformed line is a `ValueError` naming the file, the line
+loads as well. A malformed line is a `DataError` (a ValueError) naming the file, the line
 number and the field.
 
 What every loss shares: a batch of (prompt, completion) rows tokenised as
@@ -53,6 +53,10 @@ from minirl.tensor import Tensor, no_grad
 
 PAIR_SOURCES = ("offline", "on_policy")
 """Built-in pair sources; anything else is the path of a JSONL file."""
+
+
+class DataError(ValueError):
+    """The preference data cannot be built or read (no pairs, a malformed file): the user's to fix."""
 
 
 @dataclass(frozen=True)
@@ -263,31 +267,31 @@ def load_jsonl(path) -> list[Pair] | list[Unpaired]:
         try:
             obj = json.loads(line)
         except ValueError as e:
-            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         this = "pair" if "chosen" in obj or "rejected" in obj else "unpaired" if "completion" in obj else None
         if this is None:
-            raise ValueError(f"{where}: expected the fields prompt, chosen, rejected (preference) or prompt, "
+            raise DataError(f"{where}: expected the fields prompt, chosen, rejected (preference) or prompt, "
                              f"completion, label (unpaired); got {', '.join(obj) or 'none'}")
         if kind is not None and this != kind:
-            raise ValueError(f"{where}: a {this} line in a file of {kind} lines; use one format per file")
+            raise DataError(f"{where}: a {this} line in a file of {kind} lines; use one format per file")
         kind = this
         fields = ("prompt", "chosen", "rejected") if this == "pair" else ("prompt", "completion", "label")
         missing = [f for f in fields if f not in obj]
         if missing:
-            raise ValueError(f"{where}: missing field {missing[0]!r} (a {this} line needs {', '.join(fields)})")
+            raise DataError(f"{where}: missing field {missing[0]!r} (a {this} line needs {', '.join(fields)})")
         prompt = _prompt_text(obj["prompt"], f"{where}, field 'prompt'")
         if this == "pair":
             rows.append(Pair(prompt, _completion_text(obj["chosen"], f"{where}, field 'chosen'"),
                              _completion_text(obj["rejected"], f"{where}, field 'rejected'")))
         else:
             if not isinstance(obj["label"], bool):
-                raise ValueError(f"{where}, field 'label': expected true or false, got {obj['label']!r}")
+                raise DataError(f"{where}, field 'label': expected true or false, got {obj['label']!r}")
             rows.append(Unpaired(prompt, _completion_text(obj["completion"], f"{where}, field 'completion'"),
                                  obj["label"]))
     if not rows:
-        raise ValueError(f"{path} holds no examples")
+        raise DataError(f"{path} holds no examples")
     return rows
 
 
@@ -295,7 +299,7 @@ def _message(value, role: str, where: str) -> str:
     """The content of a one-message conversational field ([{"role": ..., "content": ...}])."""
     if (not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict)
             or value[0].get("role") != role or not isinstance(value[0].get("content"), str)):
-        raise ValueError(f"{where}: expected a string or [{{\"role\": \"{role}\", \"content\": \"...\"}}], "
+        raise DataError(f"{where}: expected a string or [{{\"role\": \"{role}\", \"content\": \"...\"}}], "
                          f"got {json.dumps(value)[:80]}")
     return value[0]["content"]
 
@@ -305,7 +309,7 @@ def _prompt_text(value, where: str) -> str:
     if text.startswith(CHAT_PREFIX) and text.endswith(CHAT_SUFFIX):
         text = text[len(CHAT_PREFIX):-len(CHAT_SUFFIX)]
     if not text:
-        raise ValueError(f"{where}: empty prompt")
+        raise DataError(f"{where}: empty prompt")
     return text
 
 
@@ -349,7 +353,7 @@ def sequence_batch(tok, prompts: list[str], completions: list[str]) -> SequenceB
         try:
             prompt_ids, completion_ids = encode_chat(tok, p, c)
         except ValueError as e:
-            raise ValueError(f"example {i} (prompt {p!r}, completion {c!r}): {e}") from None
+            raise DataError(f"example {i} (prompt {p!r}, completion {c!r}): {e}") from None
         seqs.append(prompt_ids + completion_ids)
         starts.append(len(prompt_ids))
     full = pad_right(seqs, tok.pad_id)  # (B, T+1)
@@ -476,7 +480,7 @@ class PreferenceData:
             pairs = load_jsonl(c.pairs)
         if pairs and isinstance(pairs[0], Unpaired):
             if self.kind == "pairs":
-                raise ValueError(f"{c.pairs} holds unpaired examples (prompt, completion, label); this algorithm "
+                raise DataError(f"{c.pairs} holds unpaired examples (prompt, completion, label); this algorithm "
                                  "needs preference pairs (prompt, chosen, rejected)")
             return [ex for ex in pairs if ex.label] if self.kind == "rft" else pairs
         if self.kind == "rft":
@@ -485,7 +489,7 @@ class PreferenceData:
 
     def _set(self, rows: list, tok, step: int) -> None:
         if not rows:
-            raise ValueError(f"the {self.config.pairs} data of task {self.config.task!r} gave no examples "
+            raise DataError(f"the {self.config.pairs} data of task {self.config.task!r} gave no examples "
                              f"(on_policy: every prompt's {self.config.num_generations} samples scored the same); "
                              "raise num_prompts or num_generations, or use pairs = offline")
         self.rows, self.built_at = rows, step
