@@ -19,8 +19,8 @@ if _numpy_first:
 __version__ = "0.1.0"
 
 
-def load(name_or_path, value_head=None, reward_head=None):
-    """A shipped model ("base", "sft") or a checkpoint path, with a value or reward head added or dropped."""
+def load(name_or_path, value_head=None, reward_head=None, merge_lora=False):
+    """A shipped model ("base", "sft"), a checkpoint or a run directory; heads added or dropped, LoRA merged."""
     from minirl.loading import load as _load
 
-    return _load(name_or_path, value_head=value_head, reward_head=reward_head)
+    return _load(name_or_path, value_head=value_head, reward_head=reward_head, merge_lora=merge_lora)

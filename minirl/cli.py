@@ -272,24 +272,35 @@ def sample(ckpt, prompts, max_new_tokens, greedy, temperature, top_k, num_sample
 # -------------------------------------------------------------------- export
 @main.command()
 @click.argument("ckpt")
-@click.option("--format", "fmt", type=click.Choice(["torch", "hf"]), required=True,
+@click.option("--format", "fmt", type=click.Choice(["torch", "hf", "peft"]), required=True,
               help="torch: a PyTorch nn.Module + state_dict; hf: a LlamaForCausalLM directory (a reward model: "
-                   "LlamaForSequenceClassification).")
+                   "LlamaForSequenceClassification; a LoRA model: its adapters merged); peft: a LoRA run's "
+                   "adapters as a PEFT adapter directory (load it onto the base exported with --format hf).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Weight dtype of the hf export.")
 def export(ckpt, fmt, out, dtype):
-    """Export CKPT for PyTorch or Hugging Face transformers."""
+    """Export CKPT (a shipped name, a checkpoint or a run directory) for PyTorch, Hugging Face or PEFT."""
+    from minirl.lora import lora_layers, plain_model
+
     model = _load_or_fail(ckpt)
+    lora = bool(lora_layers(model))
+    if fmt == "peft" and not lora:
+        raise click.BadParameter(f"{ckpt} has no LoRA adapters (train with --lora-rank R to get some)",
+                                 param_hint="CKPT")
     try:
-        if fmt == "torch":
+        if fmt == "peft":
+            from minirl.export.peft import export_peft
+
+            path = export_peft(model, out, base_name_or_path=getattr(model, "lora_base", None))
+        elif fmt == "torch":
             from minirl.export.torch import export_torch
 
-            path = export_torch(model, out)
+            path = export_torch(plain_model(model, merged=True) if lora else model, out)
         else:
             from minirl.export.hf import export_hf
 
-            path = export_hf(model, out, dtype=dtype)
+            path = export_hf(plain_model(model, merged=True) if lora else model, out, dtype=dtype)
     except ImportError as e:
         raise click.UsageError(str(e)) from None
     console.print(f"wrote {fmt} export to [bold]{path or out}[/]")

@@ -201,6 +201,12 @@ def render(r: dict, console: Console | None = None, detail: bool = True) -> None
         lines += [_curve_line(r, "rm_score", "reward model score"),
                   _curve_line(r, "accuracy", "verifier accuracy (sampled)")]
     lines += _preference_lines(r)
+    if "lora" in r:
+        lo = r["lora"]
+        lines.append(f"LoRA r {lo['lora_rank']}, α {lo['lora_alpha']:g} on {', '.join(lo['lora_targets'])}: "
+                     f"{lo['trainable']:,} trainable of {lo['total']:,} weights ({pct(lo['trainable'] / lo['total'])}); "
+                     f"the update ΔW = (α/r)·BA of each adapted matrix has rank ≤ {lo['lora_rank']}, the others are "
+                     "unchanged")
     if "kl" in r:
         kl = r["kl"]
         lines.append(f"KL(π ‖ π_ref) per sequence on {kl['n']} fresh samples: k1 {kl['k1']:.4f}, k3 {kl['k3']:.4f}")

@@ -35,6 +35,7 @@ from minirl.checkpoint import (CheckpointError, _dumps, atomic_write_json, atomi
 from minirl.config import check_keys, dumps_toml, from_values, load_toml, to_values
 from minirl.evaluate import benchmark
 from minirl.loading import load
+from minirl.lora import LoraConfig, count_trainable, inject_lora, merged_state_dict, trainable_parameters
 from minirl.model import Transformer, TransformerConfig
 from minirl.optim import OptimizerConfig, make_optimizer
 from minirl.precision import get_policy
@@ -136,13 +137,22 @@ class RunDir:
         return save_checkpoint(self.checkpoint_path(name), tensors, config, dtype, extra)
 
     def save_model(self, name, model, precision="bf16", extra=None) -> Path:
-        """Save a model in the storage dtype of `precision` (a policy name), which holds its weights exactly."""
+        """Save a model in the storage dtype of `precision` (a policy name), which holds its weights exactly.
+
+        A LoRA model (`inject_lora`) saves only what training changes, its adapters and heads, and names its
+        base model and LoRA config in config.json; `minirl.load` rebuilds it from the base.
+        """
         if hasattr(model, "checkpoint_config"):
             config = model.checkpoint_config()
         else:
             config = getattr(model, "config", None)
             config = config.to_dict() if hasattr(config, "to_dict") else {}
-        return self.save(name, model.state_dict(), config, get_policy(precision).dtype_name, extra)
+        tensors = model.state_dict()
+        lora = getattr(model, "lora_config", None)
+        if lora is not None:
+            tensors = {k: v.data.copy() for k, v in trainable_parameters(model)}
+            config = {**config, "lora": to_values(lora), "base": getattr(model, "lora_base", None)}
+        return self.save(name, tensors, config, get_policy(precision).dtype_name, extra)
 
     def save_state(self, name, model, precision, state: TrainState | None) -> Path:
         """Save the weights and, unless `state` is None, what resuming needs (atomically, together)."""
@@ -167,7 +177,8 @@ class RunDir:
                                   "update), so the run cannot be resumed from it; start a new run with "
                                   f"--config {self.path / 'config.toml'}")
         tensors, _ = load_checkpoint(path)
-        model.load_state_dict(tensors)
+        # a LoRA model's checkpoint holds its adapters and heads only: the frozen base comes from the base model
+        model.load_state_dict(tensors, strict=getattr(model, "lora_config", None) is None)
         doc = json.loads(state_file.read_text())
         optimizer = {**doc["optimizer"], "tensors": dict(iter_tensors(path / "optimizer.safetensors"))}
         return TrainState(doc["step"], optimizer, doc["rng"], doc.get("algorithm", {}), doc.get("wall_seconds", 0.0))
@@ -202,7 +213,7 @@ def sections(name: str) -> dict[str, type]:
     table = algorithms()
     if name not in table:
         raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(table)}")
-    return {name: table[name][0], "train": TrainConfig, "optimizer": OptimizerConfig}
+    return {name: table[name][0], "lora": LoraConfig, "train": TrainConfig, "optimizer": OptimizerConfig}
 
 
 def command_of(name: str) -> str:
@@ -295,7 +306,8 @@ def accuracy(model, n: dict[str, int]) -> dict[str, float]:
 
 def relative_step(lr: float, model) -> dict:
     """lr / rms(w) over the 2-D weight matrices: the regime knob of docs/PAPERS.md's scale matching."""
-    mats = [p.data for name, p in model.named_parameters() if p.ndim == 2 and name not in IGNORED_IN_ANALYSIS]
+    mats = [p.data for name, p in model.named_parameters()
+            if p.ndim == 2 and name not in IGNORED_IN_ANALYSIS and ".lora_" not in name]  # the model's own weights
     rms = float(np.sqrt(sum(float((m.astype(np.float64) ** 2).sum()) for m in mats) / sum(m.size for m in mats)))
     return {"lr": lr, "rms_w": rms, "lr_over_rms": lr / rms}
 
@@ -404,6 +416,10 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
     policy = load(spec.init, value_head=True if getattr(algo_cls, "value_head", False) else None,
                   reward_head=True if getattr(algo_cls, "reward_head", False) else None)
     ref = load(spec.init)
+    lora_cfg = spec["lora"]
+    if lora_cfg.enabled:  # the backbone frozen for real: only adapters and added heads get gradients
+        inject_lora(policy, lora_cfg, seed=train_cfg.seed)
+        policy.lora_base = spec.init
     resume = rundir is not None
     rundir = rundir or _open_run(spec, out)
     algo = algo_cls(algo_cfg, ref)
@@ -417,11 +433,12 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
         n = {t: bench_n or (TRAINED_N if t in trained else BENCH_N) for t in TASKS}
         measure = lambda model: accuracy(model, n)  # noqa: E731
     before = measure(policy)
-    optimizer = make_optimizer(list(policy.named_parameters()), optim_cfg, train_cfg.precision)
-    theta0 = policy.state_dict()  # θ0 as stored: the optimizer has rounded the weights to the storage grid
+    params = trainable_parameters(policy)
+    optimizer = make_optimizer(params, optim_cfg, train_cfg.precision)
+    theta0 = merged_state_dict(policy)  # θ0 as stored (the optimizer rounded the weights to the storage grid)
     regime = relative_step(optim_cfg.lr, policy)
     result = train(policy, algo, train_cfg, optim_cfg, run=rundir, optimizer=optimizer, progress=progress,
-                   resume=resume)
+                   params=params, resume=resume)
     rundir.save_model("final", policy, train_cfg.precision)
     after = measure(policy)
     curves = ("loss", "reward", "accuracy", "rm_score", "rewards/accuracies", "rewards/margins")
@@ -440,7 +457,11 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
         report["kl"] = final_kl(policy, ref, algo_cfg.task, train_cfg.seed)  # the policy's KL to the reference
     if isinstance(getattr(algo, "data", None), PreferenceData):
         report["preference"] = preference_section(algo.data, result.history, rundir)
-    report.update(update_analysis(theta0, policy.state_dict(), train_cfg.precision))
+    if lora_cfg.enabled:
+        report["lora"] = {**to_values(lora_cfg), "trainable": count_trainable(policy),
+                          "total": sum(v.size for v in theta0.values())}
+    # a LoRA run's update is its adapters' ΔW = (α/r) B A, compared on the merged weights
+    report.update(update_analysis(theta0, merged_state_dict(policy), train_cfg.precision))
     rundir.write_json("report", report)
     return report
 
