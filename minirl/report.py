@@ -229,3 +229,33 @@ def render_accuracy_report(report: dict, console: Console | None = None) -> None
     console.print(accuracy_table(report["accuracy_raw"], f"{report['command']}: raw-prompt accuracy"))
     note = " (interrupted)" if report.get("interrupted") else ""
     console.print(f"{report['steps']} steps in {report['wall_seconds']:.1f} s{note}; checkpoint: {report['checkpoint']}")
+
+
+def render_perl(result, console: Console | None = None) -> None:
+    """`minirl reproduce perl`: quality and cost per rank, then each claim with the paper's number and a verdict."""
+    from minirl.experiments.perl import summary
+
+    console = console or Console()
+    t = Table(title="PERL at toy scale: LoRA against full tuning (quality over seeds; cost of one step, alone)",
+              title_justify="left")
+    for col in ("job", "rank", "trainable", "quality: mean (min-max)", "tax", "peak MB", "memory vs full",
+                "ms / step", "speed vs full"):
+        t.add_column(col, justify="left" if col == "job" else "right")
+    for r in summary(result):
+        quality = f"{r['mean']:.1f} ({r['min']:.1f}-{r['max']:.1f})" + (" %" if r["job"] == "rm" else " pts")
+        t.add_row(r["job"], str(r["rank"] or "full"), f"{r['trainable']:,}" if r["trainable"] else "",
+                  quality, "" if r["job"] == "rm" else f"{r['tax']:+.1f}",
+                  f"{r['peak_mb']:.1f}" if r["peak_mb"] is not None else "",
+                  f"{r['memory_pct']:.0f} %" if r["memory_pct"] is not None else "",
+                  f"{1000 * r['step_seconds']:.0f}" if r["step_seconds"] is not None else "",
+                  f"{r['speedup']:.2f}x" if r["speedup"] is not None else "")
+    console.print(t)
+    v = Table(title="PERL's claims (Sidahmed et al. 2024, arXiv 2403.10704) beside minirl", title_justify="left")
+    for col in ("claim", "paper", "minirl", "verdict"):
+        v.add_column(col)
+    colors = {"reproduced": "green", "partly": "yellow", "not reproduced": "red"}
+    for row in result.verdicts:
+        v.add_row(row["claim"], row["paper"], row["minirl"], f"[{colors[row['verdict']]}]{row['verdict']}[/]")
+    console.print(v)
+    if result.config.get("quick"):
+        console.print("[yellow]--quick: a smoke test of 12 steps a run; these numbers mean nothing[/]")
