@@ -253,6 +253,19 @@ def inject_lora(model, config: LoraConfig, seed: int = 0) -> list[str]:
     return names
 
 
+def dropout_state(model) -> dict:
+    """The dropout generators' states of every adapted layer (empty without dropout): part of a run's resume state."""
+    return {name: layer.dropout_rng.bit_generator.state for name, layer in lora_layers(model).items()
+            if layer.dropout_rng is not None}
+
+
+def set_dropout_state(model, state: dict) -> None:
+    """Restore `dropout_state`, so a resumed run draws the same dropout masks as one that never stopped."""
+    layers = lora_layers(model)
+    for name, st in state.items():
+        layers[name].dropout_rng.bit_generator.state = st
+
+
 def merge_lora(model) -> None:
     """W += ΔW in every adapted layer (idempotent)."""
     for layer in lora_layers(model).values():

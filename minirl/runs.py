@@ -161,7 +161,8 @@ class RunDir:
             opt = dict(state.optimizer)
             extra = {"optimizer.safetensors": opt.pop("tensors"),
                      "trainer_state.json": {"step": state.step, "optimizer": opt, "rng": state.rng,
-                                            "algorithm": state.algorithm, "wall_seconds": state.wall_seconds}}
+                                            "algorithm": state.algorithm, "wall_seconds": state.wall_seconds,
+                                     "model_rng": state.model_rng}}
         return self.save_model(name, model, precision, extra)
 
     def load_state(self, name, model) -> TrainState | None:
@@ -181,7 +182,8 @@ class RunDir:
         model.load_state_dict(tensors, strict=getattr(model, "lora_config", None) is None)
         doc = json.loads(state_file.read_text())
         optimizer = {**doc["optimizer"], "tensors": dict(iter_tensors(path / "optimizer.safetensors"))}
-        return TrainState(doc["step"], optimizer, doc["rng"], doc.get("algorithm", {}), doc.get("wall_seconds", 0.0))
+        return TrainState(doc["step"], optimizer, doc["rng"], doc.get("algorithm", {}), doc.get("wall_seconds", 0.0),
+                          doc.get("model_rng", {}))
 
     def load(self, name) -> tuple[dict[str, np.ndarray], dict]:
         """Load ``checkpoints/<name>``."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minirl.config import check_fields
+from minirl.lora import dropout_state, set_dropout_state
 from minirl.optim import OptimizerConfig, clip_grad_norm, make_optimizer, make_schedule
 from minirl.precision import POLICY_NAMES
 from minirl.rl.rollout import RewardError
@@ -77,6 +78,8 @@ class TrainState:
     """The algorithm's own state (e.g. PPO's adaptive KL coefficient), if it has one."""
     wall_seconds: float = 0.0
     """Time spent in the loop so far, over every resumed part."""
+    model_rng: dict = field(default_factory=dict)
+    """The model's own generators (LoRA dropout), if it has any."""
 
 
 @dataclass
@@ -154,13 +157,15 @@ def train(policy, algo, config: TrainConfig, optim: OptimizerConfig | None = Non
             rng.bit_generator.state = state.rng
             if state.algorithm:
                 algo.load_state_dict(state.algorithm)
+            if state.model_rng:
+                set_dropout_state(policy, state.model_rng)
             start_step, elapsed = state.step, state.wall_seconds
         result.history = run.truncate_metrics(start_step)
 
     def snapshot(step: int) -> TrainState:
         algo_state = algo.state_dict() if hasattr(algo, "state_dict") else {}
         return TrainState(step, optimizer.state_dict(), rng.bit_generator.state, algo_state,
-                          elapsed + time.perf_counter() - start)
+                          elapsed + time.perf_counter() - start, dropout_state(policy))
 
     start = time.perf_counter()
     bar = _progress(progress)

@@ -65,9 +65,10 @@ def test_a_loaded_lora_model_gives_the_trained_logits_merged_or_not(tmp_path, ti
 
 
 def test_ctrl_c_then_resume_a_lora_run_ends_with_the_same_bits(tmp_path, tiny_checkpoint, monkeypatch):
-    settings = dict(init=str(tiny_checkpoint), steps=5, lr=1e-3, lora_rank=4, num_prompts=4, num_generations=2,
+    # dropout on: its generators are part of the resume state
+    settings = dict(init=str(tiny_checkpoint), steps=5, lr=1e-3, lora_rank=4, lora_dropout=0.1, batch_size=4,
                     progress=False, bench_n=2)
-    runs.rl("grpo", out=tmp_path / "straight", **settings)
+    runs.rl("sft", out=tmp_path / "straight", **settings)
     real_train = runs.train
 
     def train(*args, **kwargs):
@@ -75,7 +76,7 @@ def test_ctrl_c_then_resume_a_lora_run_ends_with_the_same_bits(tmp_path, tiny_ch
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(runs, "train", train)
-    assert runs.rl("grpo", out=tmp_path / "stopped", **settings)["interrupted"]
+    assert runs.rl("sft", out=tmp_path / "stopped", **settings)["interrupted"]
     monkeypatch.undo()
     assert runs.resume(tmp_path / "stopped", progress=False, bench_n=2)["steps"] == 5
     a, b = (RunDir(tmp_path / d).load("final")[0] for d in ("straight", "stopped"))
