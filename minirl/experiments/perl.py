@@ -18,11 +18,14 @@ LoRA against full, each job alone in a fresh process:
     time          the median wall time of steps 3 to 8 (tracemalloc off), rollout sampling included for RL
 
 and prints each claim beside the paper's number with a verdict: reproduced, partly, or not reproduced.
+Every run keeps its run directory under `--out`; run the command again with the same `--out` after an
+interruption and the finished runs are read back, not repeated.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -79,7 +82,14 @@ def quality_run(job: str, rank: int, seed: int, quick: bool, out: str) -> dict:
     """One training run; its held-out result (rm: pairwise accuracy; RL: gain and tax on add) and step time."""
     from minirl import runs
 
-    r = runs.rl(job, out=out, progress=False, seed=seed, bench_n=20 if quick else None, **_settings(job, rank, quick))
+    done = Path(out) / "report.json"
+    if done.is_file():  # finished by an earlier, interrupted `reproduce perl --out` in the same directory
+        r = json.loads(done.read_text())
+    else:
+        if Path(out).exists():  # a run cut short: start it again
+            shutil.rmtree(out)
+        r = runs.rl(job, out=out, progress=False, seed=seed, bench_n=20 if quick else None,
+                    **_settings(job, rank, quick))
     before, after = r["accuracy"]["before"], r["accuracy"]["after"]
     task = r["trained_tasks"][0]
     others = [t for t in before if t != task]
