@@ -326,13 +326,31 @@ def final_kl(policy, ref, task: str, seed: int, n: int = 256, temperature: float
             "n": n}
 
 
-def update_analysis(theta0: dict, theta1: dict, precision: str) -> dict:
+def update_analysis(theta0: dict, theta1: dict, precision: str, lora: bool = False) -> dict:
     """Sparsity (bf16, every tolerance and bitwise), fp32-exact changes, per tensor, and rank of θ1 − θ0: one pass."""
     from minirl.analysis import analyze_update
 
-    # Δ's rank is taken in the storage precision (bf16 for bf16 and fp16 runs' papers-lens view, fp32 for fp32)
-    return analyze_update(theta0, theta1, rank_dtype="fp32" if precision == "fp32" else "bf16",
+    # Δ's rank is taken in the storage precision (bf16 for bf16 and fp16 runs' papers-lens view, fp32 for fp32).
+    # A LoRA model's effective weights W + (α/r)·BA are computed in fp32 and never stored: rounding them to bf16
+    # would add a full-rank rounding noise to the rank-r update, so its rank is taken in fp32.
+    return analyze_update(theta0, theta1, rank_dtype="fp32" if precision == "fp32" or lora else "bf16",
                           ignore=IGNORED_IN_ANALYSIS).to_dict()
+
+
+def lora_update_rank(rank: dict, policy) -> dict:
+    """The rank section of a LoRA run with each adapted matrix's rank taken from its ΔW = (α/r)·BA itself.
+
+    θ1 − θ0 = (W + ΔW) − W carries the float32 rounding of the sum, a full-rank noise that swamps a small ΔW's
+    singular values; ΔW has rank at most r by construction, and its own SVD shows it.
+    """
+    from minirl.analysis.rank import update_rank
+    from minirl.lora import lora_layers
+
+    per = dict(rank["per_tensor"])
+    for name, layer in lora_layers(policy).items():
+        r, full = update_rank(layer.delta())
+        per[name + ".weight"] = r / full
+    return {**rank, "per_tensor": per, "mean_fraction": float(np.mean(list(per.values()))) if per else float("nan")}
 
 
 def paper_beside(algorithm: str) -> dict:
@@ -463,7 +481,9 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
         report["lora"] = {**to_values(lora_cfg), "trainable": count_trainable(policy),
                           "total": sum(v.size for v in theta0.values())}
     # a LoRA run's update is its adapters' ΔW = (α/r) B A, compared on the merged weights
-    report.update(update_analysis(theta0, merged_state_dict(policy), train_cfg.precision))
+    report.update(update_analysis(theta0, merged_state_dict(policy), train_cfg.precision, lora=lora_cfg.enabled))
+    if lora_cfg.enabled:
+        report["rank"] = lora_update_rank(report["rank"], policy)
     rundir.write_json("report", report)
     return report
 

@@ -52,6 +52,8 @@ def test_a_lora_run_changes_only_the_adapted_matrices_and_saves_only_adapters(al
     assert moved or algo in ("grpo", "ppo")
     per_tensor = report["sparsity"]["per_tensor"]
     assert all(per_tensor[n] == 1.0 for n in base if n.rsplit(".", 2)[-2] not in ADAPTED and n in per_tensor)
+    rank = report["rank"]["per_tensor"]  # the report's fractions of full rank: rank(ΔW) <= r = 4
+    assert all(0 < round(rank[n] * min(base[n].shape)) <= 4 for n in moved), {n: rank[n] for n in moved}
 
 
 def test_a_loaded_lora_model_gives_the_trained_logits_merged_or_not(tmp_path, tiny_checkpoint):

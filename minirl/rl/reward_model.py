@@ -191,5 +191,6 @@ def load_reward_model(path):
     version = (st.st_ino, st.st_mtime_ns)  # a checkpoint saved again at the same path is swapped in anew
     cached = _CACHE.get(str(path))
     if cached is None or cached[0] != version:
-        _CACHE[str(path)] = cached = (version, load(path))
+        # a LoRA reward model is scored with its adapters folded into the weights (one matmul per layer)
+        _CACHE[str(path)] = cached = (version, load(path, merge_lora=True))
     return cached[1]
