@@ -238,13 +238,14 @@ def render_perl(result, console: Console | None = None) -> None:
     console = console or Console()
     t = Table(title="PERL at toy scale: LoRA against full tuning (quality over seeds; cost of one step, alone)",
               title_justify="left")
-    for col in ("job", "rank", "trainable", "quality: mean (min-max)", "tax", "peak MB", "memory vs full",
+    for col in ("job", "rank", "trainable", "quality: mean (min-max)", "tax", "reward", "peak MB", "memory vs full",
                 "ms / step", "speed vs full"):
         t.add_column(col, justify="left" if col == "job" else "right")
     for r in summary(result):
         quality = f"{r['mean']:.1f} ({r['min']:.1f}-{r['max']:.1f})" + (" %" if r["job"] == "rm" else " pts")
         t.add_row(r["job"], str(r["rank"] or "full"), f"{r['trainable']:,}" if r["trainable"] else "",
                   quality, "" if r["job"] == "rm" else f"{r['tax']:+.1f}",
+                  "" if r["reward"] is None else f"{r['reward']:.2f}",
                   f"{r['peak_mb']:.1f}" if r["peak_mb"] is not None else "",
                   f"{r['memory_pct']:.0f} %" if r["memory_pct"] is not None else "",
                   f"{1000 * r['step_seconds']:.0f}" if r["step_seconds"] is not None else "",

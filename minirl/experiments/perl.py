@@ -219,6 +219,7 @@ def summary(result: PerlResult) -> list[dict]:
             rows.append({"job": job, "rank": rank, "metric": "pairwise accuracy %" if job == "rm" else "gain on add",
                          "mean": statistics.fmean(vals), "min": min(vals), "max": max(vals),
                          "tax": statistics.fmean(q["tax"] for q in runs_),
+                         "reward": statistics.fmean(q["final_reward"] for q in runs_) if job != "rm" else None,
                          "trainable": c.get("trainable"), "peak_mb": c.get("peak_mb"),
                          "step_seconds": c.get("step_seconds"),
                          "memory_pct": 100 * c["peak_mb"] / full["peak_mb"] if c and full else None,
