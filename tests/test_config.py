@@ -96,7 +96,7 @@ def test_a_resolved_config_toml_resolves_to_itself(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ('[ppo]\nclip_coef = 0.1\n', r"\[ppo\] is not a section of `minirl run grpo` \(its sections: \[grpo\], \[train\], \[optimizer\]\)"),
+    ('[ppo]\nclip_coef = 0.1\n', r"\[ppo\] is not a section of `minirl run grpo` \(its sections: \[grpo\], \[lora\], \[train\], \[optimizer\]\)"),
     ('[train]\nlearning_rate = 1\n', r"\[train\]: unknown key\(s\) learning_rate; allowed: steps"),
     ('command = "run ppo"\n', r"is the config of `minirl run ppo`, not of `minirl run grpo`"),
     ('colour = "red"\n', r"unknown top-level key 'colour'"),
