@@ -363,5 +363,96 @@ def export(ckpt, fmt, out, dtype):
     console.print(f"wrote {fmt} export to [bold]{path or out}[/]")
 
 
+# --------------------------------------------------------------------- merge
+def _split_values(values: tuple[str, ...]) -> list[str]:
+    """A repeatable option whose values may also be comma-separated: ("a,b", "c") -> ["a", "b", "c"]."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _merge_source(name: str, param: str):
+    """What `merge` reads for one model: a streamed path, or a LoRA/HF model's state dict; and its config."""
+    from pathlib import Path
+
+    from minirl.checkpoint import CheckpointError
+    from minirl.loading import load, resolve
+
+    try:
+        path = resolve(name)
+        config_file = path / "config.json" if path.is_dir() else Path(path).parent / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        if "lora" in config:  # adapters only on disk: fold them into the weights of the model they adapt
+            from minirl.lora import merged_state_dict
+
+            model = load(name, merge_lora=True)
+            return merged_state_dict(model), model.checkpoint_config()
+        if "model" not in config and "architectures" in config:  # a Hugging Face directory
+            from minirl.export.hf import load_hf
+
+            return path, load_hf(path).checkpoint_config()
+        if "model" not in config:
+            raise CheckpointError(f"{path}: config.json has no 'model' section; not a minirl checkpoint")
+        return path, config
+    except (FileNotFoundError, CheckpointError, ValueError, KeyError) as e:
+        raise click.BadParameter(f"{name}: {e}", param_hint=param) from None
+
+
+@main.command()
+@click.option("--base", required=True, help="The model the others were fine-tuned from (task vectors are taken "
+                                            "against it): a shipped name, a checkpoint, a run or a HF directory.")
+@click.option("--models", "models", multiple=True, required=True,
+              help="Models to merge, as --base; repeat the option or separate with commas (--models a,b).")
+@click.option("--weights", "weights", multiple=True,
+              help="One weight per model, in --models order; repeat or comma-separate [default: 1 each].")
+@click.option("--method", type=click.Choice(["linear", "dare_linear", "ties", "dare_ties"]), default="ties",
+              show_default=True, help="linear: Σ w_i θ_i / Σ w_i; dare_linear: random drop + 1/d rescale of each "
+                                      "task vector, then θ_base + Σ w_i δ_i; ties: top-d magnitudes, sign "
+                                      "election, mean of the agreeing entries; dare_ties: DARE's drop, then TIES.")
+@click.option("--density", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Fraction of each task vector kept (TIES: the largest magnitudes; DARE: at random).")
+@click.option("--normalize/--no-normalize", default=None,
+              help="Divide by the weights (TIES: those that contributed) [default: mergekit's: on for linear and "
+                   "ties, off for dare_linear and dare_ties].")
+@click.option("--rescale", type=click.Choice(["inverse_density", "l1"]), default="inverse_density", show_default=True,
+              help="DARE's rescale of the kept entries: 1/d (the paper), or keep the L1 norm (mergekit 0.1).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of DARE's masks.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Weight dtype of the merged checkpoint (fp32 keeps the merge exact).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory to write.")
+def merge(base, models, weights, method, density, normalize, rescale, seed, dtype, out):
+    """Merge fine-tuned models offline (mergekit's linear, DARE, TIES) into a minirl checkpoint.
+
+    \b
+    The result takes the base's config and tokenizer and works with `minirl eval OUT`, `minirl export OUT`.
+    Example: minirl merge --base base --models sft,runs/grpo --weights 0.5,0.5 --method ties --density 0.5 --out m
+    """
+    from minirl.checkpoint import CheckpointError, save_checkpoint
+    from minirl.merging import merge as merge_models
+
+    names = _split_values(models)
+    if not names:
+        raise click.BadParameter("give at least one model", param_hint="--models")
+    try:
+        w = [float(x) for x in _split_values(weights)] if weights else [1.0] * len(names)
+    except ValueError:
+        raise click.BadParameter(f"expected numbers, got {', '.join(weights)}", param_hint="--weights") from None
+    if len(w) != len(names):
+        raise click.BadParameter(f"{len(w)} weights for {len(names)} models; give one weight per model",
+                                 param_hint="--weights")
+    if method == "linear" and normalize is not False and sum(w) == 0:
+        raise click.BadParameter("the weights sum to 0; a normalized linear merge divides by their sum",
+                                 param_hint="--weights")
+    base_source, config = _merge_source(base, "--base")
+    sources = [_merge_source(name, "--models")[0] for name in names]
+    try:
+        tensors = merge_models(base_source, sources, w, method, density, seed, normalize, rescale)
+    except (ValueError, CheckpointError) as e:
+        raise click.BadParameter(str(e), param_hint="--models") from None
+    config = {**config, "merge": {"method": method, "base": base, "models": names, "weights": w, "density": density,
+                                  "normalize": normalize, "rescale": rescale, "seed": seed}}
+    path = save_checkpoint(out, tensors, config, dtype)
+    console.print(f"merged {len(names)} model(s) into {base} with {method} (density {density}): "
+                  f"{len(tensors)} tensors written to [bold]{path}[/]")
+
+
 if __name__ == "__main__":
     main()

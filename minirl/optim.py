@@ -360,6 +360,7 @@ def cosine(total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> L
 
 # -- configuration and the registry -----------------------------------------------------
 SCHEDULES = ("constant", "linear_warmup", "cosine")
+MERGE_RESCALES = ("none", "inverse_p", "l1")
 
 
 @dataclass
@@ -367,7 +368,8 @@ class OptimizerConfig:
     """Which optimizer updates the weights, and its learning rate over the run."""
 
     optimizer: str = "adamw"
-    """The optimizer, by its name in the registry `minirl.optim.OPTIMIZERS`: adamw or sgd."""
+    """The optimizer, by its name in the registry `minirl.optim.OPTIMIZERS`: adamw, sgd, ondare, onties, ema or
+    childtuning (the last four: `minirl.merging.online`)."""
     lr: float = 1e-3
     """Peak learning rate: the schedule sets lr = lr * schedule(step)."""
     schedule: str = "constant"
@@ -384,6 +386,25 @@ class OptimizerConfig:
     """Weight decay: decoupled for AdamW, L2 on the gradient for SGD."""
     momentum: float = 0.0
     """SGD only: momentum."""
+    reserve_rate: float = 0.1
+    """ondare, onties, childtuning: the fraction p of entries kept each step (paper: 0.01 over ~15k steps; 0.1 keeps
+    p x steps in the paper's range for minirl's 150-step runs, see minirl.merging.online)."""
+    merge_weight: float = 1e-6
+    """ondare, onties: alpha, the weight of the reference task vector in each merge (paper: 1e-7 at 7B; 1e-6 gives
+    the paper's alpha rms(tau_r) / rms(step) at lr 1e-4, see minirl.merging.online)."""
+    merge_every: int = 1
+    """ondare, onties: merge every K optimizer updates, plain AdamW in between (step-K; 1 = online merging)."""
+    merge_base: str = "base"
+    """ondare, onties: the base model of tau_r = theta(merge_ref) - theta(merge_base): a shipped name or a path."""
+    merge_ref: str = "sft"
+    """ondare, onties: the reference (SFT) model of tau_r: a shipped name or a path."""
+    merge_rescale: str = "none"
+    """ondare, onties: rescale what the sparsifier keeps: none (paper), inverse_p (ondare only: the official
+    code's dropout) or l1 (the official code's rescale option)."""
+    ema_decay: float = 0.999
+    """ema: d in theta_avg = d theta_avg + (1 - d) theta (the official code's ema_rate 1e-3 = 1 - d)."""
+    mask_seed: int = 0
+    """ondare, childtuning: seed of the random masks."""
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -397,8 +418,19 @@ class OptimizerConfig:
             ("eps", self.eps > 0, "> 0"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("reserve_rate", 0 < self.reserve_rate <= 1, "in (0, 1]"),
+            ("merge_weight", 0 <= self.merge_weight <= 1, "in [0, 1]"),
+            ("merge_every", int(self.merge_every) == self.merge_every and self.merge_every >= 1, "an integer >= 1"),
+            ("merge_base", isinstance(self.merge_base, str) and self.merge_base != "", "a model name or path"),
+            ("merge_ref", isinstance(self.merge_ref, str) and self.merge_ref != "", "a model name or path"),
+            ("merge_rescale", self.merge_rescale in MERGE_RESCALES, "one of " + ", ".join(MERGE_RESCALES)),
+            ("merge_rescale", not (self.optimizer == "onties" and self.merge_rescale == "inverse_p"),
+             "none or l1 for onties (a top-p trim has no 1/p)"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
+            ("mask_seed", int(self.mask_seed) == self.mask_seed and self.mask_seed >= 0, "an integer >= 0"),
         ])
         self.warmup_steps = int(self.warmup_steps)
+        self.merge_every, self.mask_seed = int(self.merge_every), int(self.mask_seed)
 
 
 def _adamw(params, c: OptimizerConfig, precision) -> AdamW:
@@ -409,7 +441,19 @@ def _sgd(params, c: OptimizerConfig, precision) -> SGD:
     return SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, precision=precision)
 
 
-OPTIMIZERS = {"adamw": _adamw, "sgd": _sgd}
+def _online(kind: str):
+    """Factory of an optimizer in `minirl.merging.online` (imported on use: it subclasses AdamW)."""
+    def factory(params, c: OptimizerConfig, precision):
+        from minirl.merging.online import make_online_optimizer
+
+        return make_online_optimizer(kind, params, c, precision)
+
+    factory.__name__ = f"_{kind}"
+    return factory
+
+
+OPTIMIZERS = {"adamw": _adamw, "sgd": _sgd,
+              **{kind: _online(kind) for kind in ("ondare", "onties", "ema", "childtuning")}}
 """name -> factory(params, OptimizerConfig, precision) -> Optimizer; `register_optimizer` adds one."""
 
 
