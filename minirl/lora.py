@@ -312,21 +312,16 @@ def count_trainable(model) -> int:
 
 def merged_state_dict(model) -> dict[str, np.ndarray]:
     """The plain model's state dict: base weights with every ΔW added, adapter keys dropped (float32 copies)."""
-    layers = lora_layers(model)
-    out = {}
-    for name, p in model.named_parameters():
-        if _is_adapter(name):
-            continue
-        w = p.data.copy()
-        layer = layers.get(name.removesuffix(".weight"))
-        if layer is not None and not layer.merged:
-            w += layer.delta()
-        out[name] = w
-    return out
+    return _plain_state_dict(model, with_delta=True)
 
 
 def base_state_dict(model) -> dict[str, np.ndarray]:
     """The plain model's state dict without the adapters' change (a merged layer's ΔW is taken out again)."""
+    return _plain_state_dict(model, with_delta=False)
+
+
+def _plain_state_dict(model, with_delta: bool) -> dict[str, np.ndarray]:
+    """Copies of the non-adapter weights, each adapted one as W + ΔW (with_delta) or W, merged or not."""
     layers = lora_layers(model)
     out = {}
     for name, p in model.named_parameters():
@@ -334,8 +329,8 @@ def base_state_dict(model) -> dict[str, np.ndarray]:
             continue
         w = p.data.copy()
         layer = layers.get(name.removesuffix(".weight"))
-        if layer is not None and layer.merged:
-            w -= layer.delta()
+        if layer is not None and layer.merged != with_delta:  # ΔW to add (unmerged) or to take out (merged)
+            w += layer.delta() if with_delta else -layer.delta()
         out[name] = w
     return out
 
