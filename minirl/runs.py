@@ -162,7 +162,7 @@ class RunDir:
             extra = {"optimizer.safetensors": opt.pop("tensors"),
                      "trainer_state.json": {"step": state.step, "optimizer": opt, "rng": state.rng,
                                             "algorithm": state.algorithm, "wall_seconds": state.wall_seconds,
-                                     "model_rng": state.model_rng}}
+                                            "model_rng": state.model_rng}}
         return self.save_model(name, model, precision, extra)
 
     def load_state(self, name, model) -> TrainState | None:
@@ -326,22 +326,21 @@ def final_kl(policy, ref, task: str, seed: int, n: int = 256, temperature: float
             "n": n}
 
 
-def update_analysis(theta0: dict, theta1: dict, precision: str, lora: bool = False) -> dict:
+def update_analysis(theta0: dict, theta1: dict, precision: str) -> dict:
     """Sparsity (bf16, every tolerance and bitwise), fp32-exact changes, per tensor, and rank of θ1 − θ0: one pass."""
     from minirl.analysis import analyze_update
 
-    # Δ's rank is taken in the storage precision (bf16 for bf16 and fp16 runs' papers-lens view, fp32 for fp32).
-    # A LoRA model's effective weights W + (α/r)·BA are computed in fp32 and never stored: rounding them to bf16
-    # would add a full-rank rounding noise to the rank-r update, so its rank is taken in fp32.
-    return analyze_update(theta0, theta1, rank_dtype="fp32" if precision == "fp32" or lora else "bf16",
+    # Δ's rank is taken in the storage precision (bf16 for bf16 and fp16 runs' papers-lens view, fp32 for fp32)
+    return analyze_update(theta0, theta1, rank_dtype="fp32" if precision == "fp32" else "bf16",
                           ignore=IGNORED_IN_ANALYSIS).to_dict()
 
 
 def lora_update_rank(rank: dict, policy) -> dict:
     """The rank section of a LoRA run with each adapted matrix's rank taken from its ΔW = (α/r)·BA itself.
 
-    θ1 − θ0 = (W + ΔW) − W carries the float32 rounding of the sum, a full-rank noise that swamps a small ΔW's
-    singular values; ΔW has rank at most r by construction, and its own SVD shows it.
+    θ1 − θ0 = (W + ΔW) − W, in bf16 or even in fp32, carries the rounding of the sum, a full-rank noise that
+    swamps a small ΔW's singular values (a LoRA model's W + ΔW is computed at run time, never stored); ΔW has
+    rank at most r by construction, and its own SVD shows it.
     """
     from minirl.analysis.rank import update_rank
     from minirl.lora import lora_layers
@@ -433,8 +432,9 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
     """
     algo_cfg, train_cfg, optim_cfg = spec[spec.name], spec["train"], spec["optimizer"]
     algo_cls = algorithms()[spec.name][1]
+    reward_model = getattr(algo_cls, "reward_head", False)  # it trains a scalar head: measured by pairwise accuracy
     policy = load(spec.init, value_head=True if getattr(algo_cls, "value_head", False) else None,
-                  reward_head=True if getattr(algo_cls, "reward_head", False) else None)
+                  reward_head=True if reward_model else None)
     ref = load(spec.init)
     lora_cfg = spec["lora"]
     if lora_cfg.enabled:  # the backbone frozen for real: only adapters and added heads get gradients
@@ -444,7 +444,7 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
     rundir = rundir or _open_run(spec, out)
     algo = algo_cls(algo_cfg, ref)
     trained = [algo_cfg.task] if hasattr(algo_cfg, "task") else list(dict.fromkeys(algo_cfg.tasks))
-    if getattr(algo_cls, "reward_head", False):
+    if reward_model:
         heldout = heldout_pairs(algo_cfg, ref, train_cfg.seed)
         n = {algo_cfg.task: len(heldout)}
         measure = lambda model: {algo_cfg.task: pairwise_accuracy_of(model, heldout)}  # noqa: E731
@@ -467,13 +467,13 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
         "steps": len(result.history), "interrupted": result.interrupted, "precision": train_cfg.precision,
         "wall_seconds": result.wall_seconds, "trained_tasks": trained,
         "accuracy": {"before": before, "after": after, "n": n,
-                     "metric": "pairwise" if getattr(algo_cls, "reward_head", False) else "greedy"},
+                     "metric": "pairwise" if reward_model else "greedy"},
         "curves": {k: [h.get(k, float("nan")) for h in result.history] for k in curves
                    if any(k in h for h in result.history)},
         "regime": regime, "paper": paper_beside(spec.name),
         "config": spec.to_dict(), "checkpoint": str(rundir.checkpoint_path("final")), "run_dir": str(rundir.path),
     }
-    if hasattr(algo_cfg, "task") and not getattr(algo_cls, "reward_head", False):
+    if hasattr(algo_cfg, "task") and not reward_model:
         report["kl"] = final_kl(policy, ref, algo_cfg.task, train_cfg.seed)  # the policy's KL to the reference
     if isinstance(getattr(algo, "data", None), PreferenceData):
         report["preference"] = preference_section(algo.data, result.history, rundir)
@@ -481,7 +481,7 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
         report["lora"] = {**to_values(lora_cfg), "trainable": count_trainable(policy),
                           "total": sum(v.size for v in theta0.values())}
     # a LoRA run's update is its adapters' ΔW = (α/r) B A, compared on the merged weights
-    report.update(update_analysis(theta0, merged_state_dict(policy), train_cfg.precision, lora=lora_cfg.enabled))
+    report.update(update_analysis(theta0, merged_state_dict(policy), train_cfg.precision))
     if lora_cfg.enabled:
         report["rank"] = lora_update_rank(report["rank"], policy)
     rundir.write_json("report", report)
