@@ -38,6 +38,8 @@ from minirl.config import check_fields
 
 JOBS = ("rm", "reinforce", "ppo")
 RANKS = (1, 4, 8, 16, 32)
+QUICK_RANKS, QUICK_SEEDS = (1, 8), (0,)
+"""What --quick runs unless --ranks / --seeds say otherwise."""
 LORA_LR_SCALE = 10.0
 """LoRA's learning rate over full tuning's: PERL used 1e-5 for full tuning and 1e-4 to 2e-4 for LoRA. Measured
 here with GRPO at rank 8 (seed 0): +9.0 points on add at 3x the preset's rate, +16.3 at 10x."""
