@@ -424,25 +424,30 @@ def sft(config=None, out=None, progress: bool = True, bench_n: int | None = None
     return rl("sft", config, out, progress, bench_n, **overrides)
 
 
+def build(spec: RunSpec):
+    """A fine-tuning job's policy (with the heads its algorithm trains, LoRA injected when asked), its frozen
+    reference (the init model) and its algorithm: what the job, and `reproduce perl`'s cost probe, train."""
+    algo_cls = algorithms()[spec.name][1]
+    policy = load(spec.init, value_head=True if getattr(algo_cls, "value_head", False) else None,
+                  reward_head=True if getattr(algo_cls, "reward_head", False) else None)
+    ref = load(spec.init)
+    if spec["lora"].enabled:  # the backbone frozen for real: only adapters and added heads get gradients
+        inject_lora(policy, spec["lora"], seed=spec["train"].seed)
+        policy.lora_base = spec.init
+    return policy, ref, algo_cls(spec[spec.name], ref)
+
+
 def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n) -> dict:
     """Any algorithm from an init model: accuracy on every task before/after, KL, and what the update did.
 
     Resumes `rundir` when given, else makes a new run directory `out` once the init model has loaded.
     A reward model (`rm`) is measured by its pairwise accuracy on held-out pairs instead.
     """
-    algo_cfg, train_cfg, optim_cfg = spec[spec.name], spec["train"], spec["optimizer"]
-    algo_cls = algorithms()[spec.name][1]
-    reward_model = getattr(algo_cls, "reward_head", False)  # it trains a scalar head: measured by pairwise accuracy
-    policy = load(spec.init, value_head=True if getattr(algo_cls, "value_head", False) else None,
-                  reward_head=True if reward_model else None)
-    ref = load(spec.init)
-    lora_cfg = spec["lora"]
-    if lora_cfg.enabled:  # the backbone frozen for real: only adapters and added heads get gradients
-        inject_lora(policy, lora_cfg, seed=train_cfg.seed)
-        policy.lora_base = spec.init
+    algo_cfg, train_cfg, optim_cfg, lora_cfg = spec[spec.name], spec["train"], spec["optimizer"], spec["lora"]
+    policy, ref, algo = build(spec)
+    reward_model = getattr(algo, "reward_head", False)  # it trains a scalar head: measured by pairwise accuracy
     resume = rundir is not None
     rundir = rundir or _open_run(spec, out)
-    algo = algo_cls(algo_cfg, ref)
     trained = [algo_cfg.task] if hasattr(algo_cfg, "task") else list(dict.fromkeys(algo_cfg.tasks))
     if reward_model:
         heldout = heldout_pairs(algo_cfg, ref, train_cfg.seed)

@@ -119,42 +119,30 @@ def step_cost(job: str, rank: int, quick: bool) -> dict:
     process with tracemalloc started before minirl is imported: `measure_cost` does)."""
     import tracemalloc
 
-    import numpy as np
-
     from minirl import runs
-    from minirl.lora import count_trainable, inject_lora, trainable_parameters
-    from minirl.optim import clip_grad_norm, make_optimizer
-    from minirl.rl import algorithms
+    from minirl.lora import count_trainable, trainable_parameters
+    from minirl.optim import make_optimizer
+    from minirl.train import TrainConfig, train
 
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
     spec = runs.resolve(job, **_settings(job, rank, quick))
-    algo_cls = algorithms()[job][1]
-    policy = runs.load(spec.init, value_head=True if getattr(algo_cls, "value_head", False) else None,
-                       reward_head=True if getattr(algo_cls, "reward_head", False) else None)
-    ref = runs.load(spec.init)
-    if rank:
-        inject_lora(policy, spec["lora"])
+    policy, _, algo = runs.build(spec)  # the algorithm holds the reference
     params = trainable_parameters(policy)
     optimizer = make_optimizer(params, spec["optimizer"], spec["train"].precision)
-    algo = algo_cls(spec[job], ref)
-    rng = np.random.default_rng(0)
-    times = []
-    for step in range(2 + (3 if quick else 6)):
-        if step == 2:
-            peak = tracemalloc.get_traced_memory()[1] - base
+    peak = {}
+
+    def after_step(step, metrics):
+        if step == 1:  # two steps traced (step 0 also builds a preference data set): the peak
+            peak["mb"] = (tracemalloc.get_traced_memory()[1] - base) / 2**20
             tracemalloc.stop()  # tracing slows every allocation: time the later steps without it
-        t0 = time.perf_counter()
-        batch = algo.batch(policy, rng, step + 1)  # step 0 builds a preference data set: not a training step
-        minibatches = algo.minibatches(batch, rng) if hasattr(algo, "minibatches") else [batch]
-        for mb in minibatches:
-            loss, _ = algo.loss(policy, mb)
-            optimizer.zero_grad()
-            loss.backward()
-            clip_grad_norm(optimizer.params, spec["train"].grad_clip)
-            optimizer.step()
-        times.append(time.perf_counter() - t0)
-    return {"job": job, "rank": rank, "peak_mb": peak / 2**20, "step_seconds": statistics.median(times[2:]),
+
+    steps = 2 + (3 if quick else 6)
+    result = train(policy, algo, TrainConfig(steps=steps, grad_clip=spec["train"].grad_clip,
+                                             precision=spec["train"].precision), spec["optimizer"],
+                   optimizer=optimizer, params=params, progress=False, on_step=after_step)
+    times = [h["step_seconds"] for h in result.history[2:]]
+    return {"job": job, "rank": rank, "peak_mb": peak["mb"], "step_seconds": statistics.median(times),
             "trainable": count_trainable(policy)}
 
 
