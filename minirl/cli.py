@@ -13,6 +13,7 @@ import sys
 import click
 from rich.console import Console
 
+from minirl.experiments.merging import METHODS as MERGING_METHODS
 from minirl.options import dataclass_options
 
 console = Console(stderr=True)
@@ -267,6 +268,76 @@ def reproduce_perl(quick, seeds, ranks, jobs, workers, out, as_json):
 
         render_perl(result)
         console.print(f"results: {out / 'perl.json'}")
+
+
+def _float_list(text: str, param: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=param) from None
+
+
+@reproduce.command("merging")
+@click.option("--quick", is_flag=True, help="A smoke test (12 steps a run, 20 problems a task, one seed, one offline "
+                                            "point per method, one sweep point each): what CI runs; its numbers mean "
+                                            "nothing.")
+@click.option("--seeds", default=None, help="Comma-separated seeds [default: 0,1,2; quick: 0].")
+@click.option("--algorithms", default="dpo,grpo", show_default=True, help="dpo (the paper's setting), grpo.")
+@click.option("--methods", default=None,
+              help="Comma-separated training variants [default: all: " + ", ".join(MERGING_METHODS) + "].")
+@click.option("--weights", default=None, help="Offline merges: the policy's weights [default: 0.1,0.3,0.5,0.7,0.9].")
+@click.option("--densities", default=None, help="Offline DARE and TIES densities [default: 0.3,0.5,0.7].")
+@click.option("--reserve-rates", default=None,
+              help="The p sweep on DPO, 'none' to skip [default: 1,0.3,0.03,0.01,1e-3,5e-4].")
+@click.option("--alphas", default=None, help="The alpha sweep on DPO, 'none' to skip [default: 0,1e-5,1e-4,1e-3,1e-2].")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Runs at once.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Directory for the runs, merging.json and the figures [default: runs/reproduce-merging-<time>].")
+@click.option("--json", "as_json", is_flag=True, help="Print merging.json on stdout.")
+def reproduce_merging(quick, seeds, algorithms, methods, weights, densities, reserve_rates, alphas, workers, out,
+                      as_json):
+    """Online merging (arXiv 2405.17931): OnDARE and OnTIES against AdamW, regularisers and offline merges.
+
+    \b
+    From the shipped SFT model, DPO and GRPO each train with AdamW (at 1x, 0.3x, 0.1x the preset's lr), OnDARE,
+    OnTIES, step-K, EMA, ChildTuning, a doubled KL and LoRA over the seeds; each seed's AdamW policy is merged
+    offline with the SFT model (linear, DARE, TIES over the paper's grid); on DPO the reserve rate p and alpha
+    are swept. Reward = gain on the trained task, tax = mean drop on the other five. Prints the reward-tax table
+    beside the paper's Table 4, the verdicts, and draws pareto.png and sweeps.png (with matplotlib).
+    Rerun with the same --out after an interruption: finished runs are read back.
+    """
+    from datetime import datetime
+    from pathlib import Path
+
+    from minirl.experiments.merging import QUICK, MergingConfig, run_merging
+
+    def sweep(text, param):
+        return () if text.strip().lower() == "none" else _float_list(text, param)
+
+    given = {
+        "seeds": _int_list(seeds) if seeds else (QUICK["seeds"] if quick else None),
+        "algorithms": tuple(a.strip() for a in algorithms.split(",") if a.strip()),
+        "methods": tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None,
+        "weights": _float_list(weights, "--weights") if weights else (QUICK["weights"] if quick else None),
+        "densities": _float_list(densities, "--densities") if densities else (QUICK["densities"] if quick else None),
+        "reserve_rates": sweep(reserve_rates, "--reserve-rates") if reserve_rates else (
+            QUICK["reserve_rates"] if quick else None),
+        "alphas": sweep(alphas, "--alphas") if alphas else (QUICK["alphas"] if quick else None),
+    }
+    try:
+        config = MergingConfig(**{k: v for k, v in given.items() if v is not None}, quick=quick, workers=workers)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    out = Path(out) if out else Path("runs") / f"reproduce-merging-{datetime.now():%Y%m%d-%H%M%S}"
+    result = run_merging(config, out, progress=None if as_json else lambda line: console.print(line))
+    if as_json:
+        click.echo((out / "merging.json").read_text())
+    else:
+        from minirl.report import render_merging
+
+        render_merging(result)
+        console.print(f"results: {out / 'merging.json'}" + ("" if not (out / "pareto.png").is_file() else
+                                                              f"; figures: {out / 'pareto.png'}, {out / 'sweeps.png'}"))
 
 
 # ---------------------------------------------------------------------- eval

@@ -109,6 +109,10 @@ class Optimizer:
         """Hook for online-merging optimizers (OnDARE/OnTIES): identity here."""
         return delta
 
+    def step_stats(self) -> dict[str, float]:
+        """Statistics of the last ``step()`` that training logs beside the loss (online merging: its merge ratio)."""
+        return {}
+
     def step(self) -> None:
         """One update of every parameter that has a gradient."""
         self.step_count += 1

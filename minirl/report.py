@@ -148,6 +148,10 @@ def _paper_table(r: dict) -> Table:
         ref = paper["relative_step"]
         t.add_row("relative step lr / rms(w)", f"~{ref:.0e} (scale matching)",
                   f"{reg['lr_over_rms']:.2e} ({reg['lr_over_rms'] / ref:.0f}x the papers')")
+    if "merge_ratio" in reg:  # online merging (paper 2): what α does is this ratio, not α itself
+        ref = paper.get("merge_ratio", 1e-4)
+        t.add_row("merge pull α·rms(τ_r) / rms(AdamW step)", f"~{ref:.0e} (paper 2: α 1e-7 at lr 1e-6)",
+                  f"{reg['merge_ratio']:.2e} at α {reg['merge_weight']:g} ({reg['merge_ratio'] / ref:.2g}x)")
     return t
 
 
@@ -260,3 +264,55 @@ def render_perl(result, console: Console | None = None) -> None:
     console.print(v)
     if result.config.get("quick"):
         console.print("[yellow]--quick: a smoke test of 12 steps a run; these numbers mean nothing[/]")
+
+
+def render_merging(result, console: Console | None = None) -> None:
+    """`minirl reproduce merging`: reward and tax of every method beside the paper's Table 4, the sweeps, the
+    offline grid's best points, and each claim with a verdict."""
+    from minirl.experiments.merging import label, points
+    from minirl.papers import papers
+
+    console = console or Console()
+    table4 = papers()["merging"]["table4"]
+    pts = points(result)
+    for algorithm in result.config["algorithms"]:
+        mine = [p for p in pts if p["algorithm"] == algorithm]
+        t = Table(title=f"{algorithm}: reward and alignment tax over {mine[0]['seeds']} seed(s) from the SFT model, in "
+                        "points ± standard error; average = every task's accuracy, the paper's benchmark average; "
+                        "paper = Table 4, LLaMA-3-8B-Instruct: benchmark average / MT-Bench / AlpacaEval-LC",
+                  title_justify="left")
+        for col in ("method", "task %", "gain", "tax", "average %", "merge ratio", "paper"):
+            t.add_column(col, justify="left" if col in ("method", "paper") else "right")
+        main = [p for p in mine if p["family"] != "offline" and not p["sweep"]]
+        offline = [p for p in mine if p["family"] == "offline"]
+        best_offline = sorted(offline, key=lambda p: p["gain"] - p["tax"], reverse=True)[:3]
+        for p in main + best_offline:
+            row = table4.get(p["method"]) if p["family"] != "offline" else None
+            t.add_row(label(p), f"{p['after']:.1f}", f"{p['gain']:+.1f} ± {p['gain_se']:.1f}",
+                      f"{p['tax']:+.2f} ± {p['tax_se']:.2f}", f"{p['average']:.1f}",
+                      "" if p["merge_ratio"] is None else f"{p['merge_ratio']:.1e}",
+                      f"{row['benchmark_average']} / {row['mt_bench']} / {row['alpacaeval_lc']}" if row else "")
+        console.print(t)
+        if offline:
+            console.print(f"  offline grid: {len(offline)} points, the best three by gain − tax shown; every point is "
+                          "in merging.json and pareto.png")
+        sweep = sorted((p for p in mine if p["sweep"]), key=lambda p: (p["sweep"][0], p["sweep"][1], p["sweep"][2]))
+        if sweep:
+            s = Table(title=f"{algorithm}: reserve rate p and alpha sweeps (the main runs: p 0.1, alpha 1e-6)",
+                      title_justify="left")
+            for col in ("sweep", "optimizer", "value", "gain", "tax", "merge ratio"):
+                s.add_column(col, justify="left" if col in ("sweep", "optimizer") else "right")
+            for p in sweep:
+                kind, opt, value = p["sweep"]
+                s.add_row(kind, opt, f"{value:g}", f"{p['gain']:+.1f} ± {p['gain_se']:.1f}", f"{p['tax']:+.2f}",
+                          "" if p["merge_ratio"] is None else f"{p['merge_ratio']:.1e}")
+            console.print(s)
+    v = Table(title="Online merging's claims (Lu et al. 2024, arXiv 2405.17931) beside minirl", title_justify="left")
+    for col in ("claim", "paper", "minirl", "verdict"):
+        v.add_column(col)
+    colors = {"reproduced": "green", "partly": "yellow", "not reproduced": "red"}
+    for row in result.verdicts:
+        v.add_row(row["claim"], row["paper"], row["minirl"], f"[{colors[row['verdict']]}]{row['verdict']}[/]")
+    console.print(v)
+    console.print(f"{len(result.runs)} training runs and {len(result.offline)} offline merges in "
+                  f"{result.wall_seconds / 60:.1f} min")

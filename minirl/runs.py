@@ -368,6 +368,7 @@ def paper_beside(algorithm: str) -> dict:
         "rank_range": sp["rank"]["range"],
         "tol": sp["tol"]["value"],
         "relative_step": p["scale_matching"]["relative_step"],
+        "merge_ratio": p["scale_matching"]["merge_ratio"],
         "data_distribution": {k: sp["data_distribution"][k] for k in ("in_distribution", "out_of_distribution")},
     }
 
@@ -465,6 +466,9 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
     result = train(policy, algo, train_cfg, optim_cfg, run=rundir, optimizer=optimizer, progress=progress,
                    params=params, resume=resume)
     rundir.save_model("final", policy, train_cfg.precision)
+    ratios = [h["merge_ratio"] for h in result.history if "merge_ratio" in h]
+    if ratios:  # online merging: the reference pull against the policy's own step, averaged over the run
+        regime.update(merge_weight=optim_cfg.merge_weight, merge_ratio=float(np.mean(ratios)))
     after = measure(policy)
     curves = ("loss", "reward", "accuracy", "rm_score", "rewards/accuracies", "rewards/margins")
     report = {

@@ -190,7 +190,8 @@ def train(policy, algo, config: TrainConfig, optim: OptimizerConfig | None = Non
                     grad_norm = clip_grad_norm(optimizer.params, config.grad_clip) if config.grad_clip else float("nan")
                     optimizer.lr = optimizer.base_lr * schedule(optimizer.step_count)
                     optimizer.step()
-                    for k, v in {"loss": float(loss.data), "grad_norm": grad_norm, **stats}.items():
+                    for k, v in {"loss": float(loss.data), "grad_norm": grad_norm, **stats,
+                                 **optimizer.step_stats()}.items():
                         stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
                     n_updates += 1
                 metrics = {"step": step, "lr": optimizer.lr, "step_seconds": time.perf_counter() - t0}

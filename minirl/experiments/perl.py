@@ -25,7 +25,6 @@ interruption and the finished runs are read back, not repeated.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from minirl.config import check_fields
+from minirl.experiments.common import outcome, run_or_reuse
 
 JOBS = ("rm", "reinforce", "ppo")
 RANKS = (1, 4, 8, 16, 32)
@@ -82,23 +82,9 @@ def _settings(job: str, rank: int, quick: bool) -> dict:
 
 def quality_run(job: str, rank: int, seed: int, quick: bool, out: str) -> dict:
     """One training run; its held-out result (rm: pairwise accuracy; RL: gain and tax on add) and step time."""
-    from minirl import runs
-
-    done = Path(out) / "report.json"
-    if done.is_file():  # finished by an earlier, interrupted `reproduce perl --out` in the same directory
-        r = json.loads(done.read_text())
-    else:
-        if Path(out).exists():  # a run cut short: start it again
-            shutil.rmtree(out)
-        r = runs.rl(job, out=out, progress=False, seed=seed, bench_n=20 if quick else None,
-                    **_settings(job, rank, quick))
-    before, after = r["accuracy"]["before"], r["accuracy"]["after"]
-    task = r["trained_tasks"][0]
-    others = [t for t in before if t != task]
-    row = {"job": job, "rank": rank, "seed": seed, "before": 100 * before[task], "after": 100 * after[task],
-           "gain": 100 * (after[task] - before[task]),
-           "tax": statistics.fmean(100 * (before[t] - after[t]) for t in others) if others else 0.0,
-           "trainable": r.get("lora", {}).get("trainable"), "train_seconds": r["wall_seconds"]}
+    r = run_or_reuse(job, out, seed, bench_n=20 if quick else None, **_settings(job, rank, quick))
+    row = {"job": job, "rank": rank, "seed": seed, **outcome(r), "trainable": r.get("lora", {}).get("trainable")}
+    del row["average"]
     if "reward" in r.get("curves", {}):
         rewards = r["curves"]["reward"]
         row["final_reward"] = statistics.fmean(rewards[-max(1, len(rewards) // 10):])

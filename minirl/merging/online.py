@@ -225,6 +225,23 @@ class _OnlineMerging(AdamW):
         """F(τ_r) per parameter, drawn once (the official code's fixed mask)."""
         self.rng = np.random.default_rng([self.seed, 2])
         """The per-step masks' generator."""
+        self.ref_rms = _rms(self.ref_delta)
+        """rms(τ_r) over every optimised weight."""
+        self._step_sq = [0.0, 0]  # Σ Δθ_t² and its count over this step's parameters
+
+    def step(self) -> None:
+        """AdamW's step with every parameter's delta merged (and its size measured for ``step_stats``)."""
+        self._step_sq = [0.0, 0]
+        super().step()
+
+    def step_stats(self) -> dict[str, float]:
+        """``merge_ratio`` = α · rms(τ_r) / rms(Δθ_t) of the last step, Δθ_t its plain AdamW step (PAPERS.md's scale
+        matching: about 1e-4 at the paper's scale)."""
+        total, count = self._step_sq
+        step_rms = math.sqrt(total / count) if count else 0.0
+        if step_rms == 0.0:
+            return {}
+        return {"merge_ratio": self.alpha * self.ref_rms / step_rms}
 
     def _check_ref_delta(self, ref_delta) -> dict[str, np.ndarray]:
         """τ_r as float32 arrays by name; ValueError naming ref_delta unless names and shapes match the params."""
@@ -257,6 +274,8 @@ class _OnlineMerging(AdamW):
 
     def transform_delta(self, i: int, name: str, delta: np.ndarray) -> np.ndarray:
         """Step-K (Alg. 2): plain steps accumulate in Δc; every K-th undoes Δc and merges Δc + Δθ_K."""
+        self._step_sq[0] += float(np.square(delta, dtype=np.float64).sum())
+        self._step_sq[1] += delta.size
         K = self.merge_every
         if K > 1:
             st = self.state[i]
