@@ -408,7 +408,7 @@ class OptimizerConfig:
     ema_decay: float = 0.999
     """ema: d in theta_avg = d theta_avg + (1 - d) theta (the official code's ema_rate 1e-3 = 1 - d)."""
     mask_seed: int = 0
-    """ondare, childtuning: seed of the random masks."""
+    """ondare, childtuning: seed of the random masks (a run takes its [train] seed unless this is given)."""
 
     def __post_init__(self):
         self.betas = tuple(self.betas)

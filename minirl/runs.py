@@ -295,6 +295,8 @@ def resolve(name: str, config=None, **overrides) -> RunSpec:
             raise ValueError(f"unknown setting {key!r} for `minirl {command_of(name)}`; known: "
                              f"init, {', '.join(sorted(owner))}")
     configs = {sec: from_values(cls, values[sec], f"[{sec}]") for sec, cls in classes.items()}
+    if "optimizer" in configs and "train" in configs and "mask_seed" not in values["optimizer"]:
+        configs["optimizer"].mask_seed = configs["train"].seed  # each seed its own masks (OnDARE, ChildTuning)
     if name != "pretrain" and init is None:
         raise ValueError(f"`minirl {command_of(name)}` needs an init model (--init)")
     return RunSpec(name, None if name == "pretrain" else str(init), configs)
