@@ -475,3 +475,21 @@ def test_state_dict_round_trip_resumes_bitwise(kind, precision):
         no_rng = {k: v for k, v in scalars.items() if k != "rng"}
         with pytest.raises(ValueError, match="rng"):
             opt2.load_state_dict({**no_rng, "tensors": tensors})
+
+
+def test_step_stats_is_the_merge_ratio_of_the_plain_adamw_step():
+    """α · rms(τ_r) / rms(Δθ_t) with Δθ_t the AdamW step of that update, measured over every parameter."""
+    ref = {n: np.full(s, 0.01, dtype=np.float32) for n, s in SHAPES.items()}
+    plain, merged = make_params(), make_params()
+    adam = AdamW(plain, lr=1e-3, weight_decay=0.0)
+    opt = OnTIES(merged, lr=1e-3, weight_decay=0.0, ref_delta=ref, reserve_rate=0.5, alpha=0.02, merge_every=3)
+    assert opt.step_stats() == {}  # nothing stepped yet
+    for _ in range(2):
+        before = {n: p.data.copy() for n, p in plain}
+        for (_, a), (_, b) in zip(plain, merged):
+            a.grad = b.grad = np.random.default_rng(a.data.size).normal(size=a.data.shape).astype(np.float32)
+        adam.step()
+        opt.step()
+        step = {n: p.data - before[n] for n, p in plain}  # the plain step (same moments: same gradients)
+        assert math.isclose(opt.step_stats()["merge_ratio"], merge_ratio(0.02, ref, step), rel_tol=1e-5)
+    assert adam.step_stats() == {}
