@@ -42,6 +42,7 @@ from minirl.precision import get_policy
 from minirl.rl import algorithms
 from minirl.rl.preference import PreferenceData
 from minirl.rl.sft import Pretrain, PretrainConfig
+from minirl.subnetwork import summary as subnetwork_summary
 from minirl.tasks import TASKS, CharTokenizer
 from minirl.train import TrainConfig, TrainState, train
 
@@ -449,6 +450,9 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
     algo_cfg, train_cfg, optim_cfg, lora_cfg = spec[spec.name], spec["train"], spec["optimizer"], spec["lora"]
     policy, ref, algo = build(spec)
     reward_model = getattr(algo, "reward_head", False)  # it trains a scalar head: measured by pairwise accuracy
+    # subnetwork fine-tuning: a mask that does not fit the policy fails here, before the run directory exists
+    subnetwork = subnetwork_summary(train_cfg.mask_from, trainable_parameters(policy),
+                                    train_cfg.mask_tol) if train_cfg.mask_from else None
     resume = rundir is not None
     rundir = rundir or _open_run(spec, out)
     trained = [algo_cfg.task] if hasattr(algo_cfg, "task") else list(dict.fromkeys(algo_cfg.tasks))
@@ -488,6 +492,8 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
         report["kl"] = final_kl(policy, ref, algo_cfg.task, train_cfg.seed)  # the policy's KL to the reference
     if isinstance(getattr(algo, "data", None), PreferenceData):
         report["preference"] = preference_section(algo.data, result.history, rundir)
+    if subnetwork is not None:
+        report["subnetwork"] = subnetwork
     if lora_cfg.enabled:
         report["lora"] = {**to_values(lora_cfg), "trainable": count_trainable(policy),
                           "total": sum(v.size for v in theta0.values())}

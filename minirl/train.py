@@ -6,10 +6,11 @@ An algorithm is any object with
     minibatches(batch, rng) -> iterable        optional; default: the batch once
     loss(policy, minibatch) -> (Tensor, dict)  a scalar loss and float stats
 
-and the loop is: batch -> for each minibatch: loss, backward, clip, optimizer
-step (the precision policy stores the weights) -> log. A non-finite loss or
-gradient stops training with the step and the tensor named, before the
-optimizer touches the weights, so the last good checkpoint stays good.
+and the loop is: batch -> for each minibatch: loss, backward, mask (subnetwork
+fine-tuning only: `minirl.subnetwork`), clip, optimizer step (the precision
+policy stores the weights) -> log. A non-finite loss or gradient stops
+training with the step and the tensor named, before the optimizer touches the
+weights, so the last good checkpoint stays good.
 Ctrl-C finishes the current step, saves, and returns: nothing is lost.
 
 Resume: every save of `checkpoints/last` (each `checkpoint_every` steps, at
@@ -33,6 +34,7 @@ from minirl.lora import dropout_state, set_dropout_state
 from minirl.optim import OptimizerConfig, clip_grad_norm, make_optimizer, make_schedule
 from minirl.precision import POLICY_NAMES
 from minirl.rl.rollout import RewardError
+from minirl.subnetwork import gradient_masks, mask_gradients
 
 
 class TrainingError(RuntimeError):
@@ -53,6 +55,13 @@ class TrainConfig:
     """Seed of every random choice in the run."""
     checkpoint_every: int = 0
     """Save a resumable `checkpoints/last` every this many steps (0: only at the end or on Ctrl-C)."""
+    mask_from: str = ""
+    """Subnetwork fine-tuning (docs/PAPERS.md §1): a run directory RUN (or RUN/checkpoints/NAME); every gradient is
+    multiplied by the mask of the weights RUN updated (checkpoints/final against its init) before each update
+    ("": no mask; see minirl.subnetwork)."""
+    mask_tol: float | None = None
+    """With mask_from: an entry counts as updated when its bf16 |delta| > mask_tol (none: when it changed at all,
+    the paper's mask)."""
 
     def __post_init__(self):
         check_fields(self, [
@@ -61,6 +70,8 @@ class TrainConfig:
             ("precision", self.precision in POLICY_NAMES, "one of " + ", ".join(POLICY_NAMES)),
             ("checkpoint_every", int(self.checkpoint_every) == self.checkpoint_every and self.checkpoint_every >= 0,
              "an integer >= 0"),
+            ("mask_from", isinstance(self.mask_from, str), "a run directory or empty"),
+            ("mask_tol", self.mask_tol is None or self.mask_tol >= 0, ">= 0 or None"),
         ])
 
 
@@ -148,6 +159,7 @@ def train(policy, algo, config: TrainConfig, optim: OptimizerConfig | None = Non
         optimizer = make_optimizer(named, optim, config.precision)
     updates_per_step = getattr(algo, "updates_per_step", 1)
     schedule = make_schedule(optim, config.steps * updates_per_step)
+    masks = gradient_masks(config.mask_from, named, config.mask_tol) if config.mask_from else None
     rng = np.random.default_rng([config.seed, 1])
     result, start_step, elapsed = TrainResult(), 0, 0.0
     if resume and run is not None:
@@ -187,6 +199,10 @@ def train(policy, algo, config: TrainConfig, optim: OptimizerConfig | None = Non
                     optimizer.zero_grad()
                     loss.backward()
                     check_finite(step, loss, named)
+                    # subnetwork fine-tuning masks before the clip (PAPERS.md names no order): the clip then
+                    # scales, and grad_norm logs, only the gradient the update applies; masked entries stay 0 either way
+                    if masks is not None:
+                        mask_gradients(named, masks)
                     grad_norm = clip_grad_norm(optimizer.params, config.grad_clip) if config.grad_clip else float("nan")
                     optimizer.lr = optimizer.base_lr * schedule(optimizer.step_count)
                     optimizer.step()

@@ -86,7 +86,15 @@ of the reference pull against the policy's own step; runs print it.
   ±0.002). Ratio ≈ 1e-7 · 1e-3 / 1e-6 = 1e-4.
 - minirl: the shipped ``sft - base`` has rms(τ_r) = 0.0134 (measured), and
   the preference/RL presets train at lr 1e-4, so α = 1e-4 · 1e-4 / 0.0134
-  ≈ 7.5e-7; the default ``merge_weight`` is 1e-6 (ratio 1.3e-4).
+  ≈ 7.5e-7; the default ``merge_weight`` is 1e-6 (ratio 1.3e-4 with the same
+  assumption, rms(Δθ_t) ≈ lr).
+- Measured (``step_stats``, the report's "merge pull" row): the default DPO
+  and GRPO runs' AdamW steps average rms(Δθ_t) ≈ 0.3 lr (the cosine schedule
+  and |m/√v| < 1), so their ratio is 4-5e-4. A 7B run's Adam step is smaller
+  than its lr for the same reasons, so the paper's own ratio is likely above
+  its 1e-4 estimate by a similar factor; α = 1e-6 stays within one order of
+  magnitude of either reading, and `minirl reproduce merging` sweeps α from
+  0 to 1e-2 to show how much (here: how little) the pull matters.
 
 The default reserve rate p = 0.1, not the paper's 0.01: with "none" a
 weight is updated in a fraction p of the steps, about p · T times in a run of
