@@ -55,6 +55,9 @@ class TrainConfig:
     """Seed of every random choice in the run."""
     checkpoint_every: int = 0
     """Save a resumable `checkpoints/last` every this many steps (0: only at the end or on Ctrl-C)."""
+    keep_every: int = 0
+    """Also keep the weights every this many steps as `checkpoints/step_NNNNNN` (sparsity over training:
+    `minirl analyze` between consecutive ones; 0: none)."""
     mask_from: str = ""
     """Subnetwork fine-tuning (docs/PAPERS.md §1): a run directory RUN (or RUN/checkpoints/NAME); every gradient is
     multiplied by the mask of the weights RUN updated (checkpoints/final against its init) before each update
@@ -70,6 +73,7 @@ class TrainConfig:
             ("precision", self.precision in POLICY_NAMES, "one of " + ", ".join(POLICY_NAMES)),
             ("checkpoint_every", int(self.checkpoint_every) == self.checkpoint_every and self.checkpoint_every >= 0,
              "an integer >= 0"),
+            ("keep_every", int(self.keep_every) == self.keep_every and self.keep_every >= 0, "an integer >= 0"),
             ("mask_from", isinstance(self.mask_from, str), "a run directory or empty"),
             ("mask_tol", self.mask_tol is None or self.mask_tol >= 0, ">= 0 or None"),
         ])
@@ -219,6 +223,8 @@ def train(policy, algo, config: TrainConfig, optim: OptimizerConfig | None = Non
                     run.log(metrics)
                     if config.checkpoint_every and done % config.checkpoint_every == 0:
                         run.save_state("last", policy, config.precision, snapshot(done))
+                    if config.keep_every and done % config.keep_every == 0:
+                        run.save_model(done, policy, config.precision)
                 if on_step is not None:
                     on_step(step, metrics)
                 if bar:

@@ -201,3 +201,14 @@ def test_pretraining_resumes_to_the_same_bits(tmp_path, monkeypatch):
     assert same_tensors(*[RunDir(tmp_path / d).load("final")[0] for d in ("straight", "stopped")])
     assert without_timing(RunDir(tmp_path / "straight").read_metrics()) == without_timing(
         RunDir(tmp_path / "stopped").read_metrics())
+
+
+def test_keep_every_keeps_the_weights_along_the_way(tmp_path):
+    """--keep-every K: checkpoints/step_K, step_2K, ... hold the weights after those steps; the last is final's."""
+    from minirl.checkpoint import load_checkpoint
+
+    r = runs.rl("grpo", out=tmp_path / "run", progress=False, bench_n=2, steps=4, num_prompts=4, keep_every=2)
+    ckpts = Path(r["run_dir"]) / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_000002", "step_000004"]
+    step2, step4, final = (load_checkpoint(ckpts / n)[0] for n in ("step_000002", "step_000004", "final"))
+    assert same_tensors(step4, final) and not same_tensors(step2, final)
