@@ -340,6 +340,77 @@ def reproduce_merging(quick, seeds, algorithms, methods, weights, densities, res
                                                               f"; figures: {out / 'pareto.png'}, {out / 'sweeps.png'}"))
 
 
+@main.command()
+@click.argument("checkpoints", nargs=-1, required=True, metavar="A B [C ...]")
+@click.option("--tol", default=1e-5, show_default=True, type=click.FloatRange(min=0),
+              help="Absolute tolerance of 'unchanged' (|Δ| <= tol) for the per-matrix tables and the overlap; the "
+                   "summary also shows 1e-8, 1e-7, 1e-6, 1e-5 and bitwise.")
+@click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
+              help="Precision the weights and Δ are compared in: bf16 (the papers' lens and the official checker's "
+                   "default) or fp32 (what the follow-ups call dense).")
+@click.option("--rank", "with_rank", is_flag=True,
+              help="Also the update rank of every matrix (an SVD each: slow for large models; a progress bar shows it).")
+@click.option("--ignore", "ignore", multiple=True,
+              help="Tensor names to leave out (repeat or comma-separate); minirl's value_head.weight and "
+                   "score.weight are always left out.")
+@click.option("--brief", is_flag=True, help="Skip the per-tensor table (the layer × matrix tables stay).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def analyze(checkpoints, tol, dtype, with_rank, ignore, brief, as_json):
+    """Update sparsity, rank and overlap between checkpoints: A is θ0, B, C, ... were fine-tuned from it.
+
+    \b
+    Each of A, B, C is a shipped name (base, sft), a minirl checkpoint or run directory, a Hugging Face directory
+    (model.safetensors, or sharded with model.safetensors.index.json; bf16, fp16 or fp32) or a .safetensors file.
+    Tensors are streamed one at a time, so two 7B checkpoints need memory for about two tensors, not a model.
+    A LoRA checkpoint is loaded whole and its adapters merged in memory (fine for minirl's small models; the rank
+    of its θ1 − θ0 then includes the rounding of W + ΔW: a LoRA run's own report has the exact rank).
+    For each update θi − θ0: sparsity 1 − ||Δ||_0 / n at 1e-8 .. 1e-5 and bitwise, overall, per tensor and per
+    layer × matrix, as the official checker (SagnikMukherjee/sparsity_in_rl) defines it; with --rank the rank
+    fraction of each matrix; with three checkpoints or more, the overlap o1, o2 and Jaccard of each pair of
+    updates beside chance (independent masks of the same densities).
+    Example: minirl analyze base sft; minirl analyze sft runs/grpo-seed0 runs/grpo-seed1 --rank
+    """
+    from minirl.analysis.compare import analyze_checkpoints
+    from minirl.analysis.sources import open_source
+    from minirl.checkpoint import CheckpointError
+    from minirl.runs import IGNORED_IN_ANALYSIS
+
+    if len(checkpoints) < 2:
+        raise click.UsageError("give at least two checkpoints: A (θ0) and B fine-tuned from it")
+    sources = []
+    for i, name in enumerate(checkpoints):
+        try:
+            sources.append(open_source(name))
+        except (FileNotFoundError, CheckpointError) as e:
+            raise click.BadParameter(str(e), param_hint="A" if i == 0 else "B/C") from None
+    ignored = set(IGNORED_IN_ANALYSIS) | set(_split_values(ignore))
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
+        tasks = {}
+
+        def progress(stage, done, total, name):
+            if stage not in tasks:
+                tasks[stage] = bar.add_task("rank SVDs" if stage == "rank" else "tensors", total=total)
+            bar.update(tasks[stage], completed=done, description=f"{'rank SVD' if stage == 'rank' else 'tensor'} "
+                                                                  f"{name}")
+
+        try:
+            result = analyze_checkpoints(*sources, tol=tol, dtype=dtype, rank=with_rank, ignore=ignored,
+                                         progress=progress)
+        except ValueError as e:  # names or shapes that do not match, an unreadable tensor
+            hint = " (--ignore NAME leaves a tensor out)" if "tensor names" in str(e) or "only in" in str(e) else ""
+            raise click.UsageError(f"{e}{hint}") from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        from minirl.report import render_analysis
+
+        render_analysis(result, detail=not brief)
+
+
 # ---------------------------------------------------------------------- eval
 @main.command("eval")
 @click.argument("ckpt")
