@@ -255,15 +255,23 @@ def render_perl(result, console: Console | None = None) -> None:
                   f"{1000 * r['step_seconds']:.0f}" if r["step_seconds"] is not None else "",
                   f"{r['speedup']:.2f}x" if r["speedup"] is not None else "")
     console.print(t)
-    v = Table(title="PERL's claims (Sidahmed et al. 2024, arXiv 2403.10704) beside minirl", title_justify="left")
+    render_claims(result.verdicts, "PERL's claims (Sidahmed et al. 2024, arXiv 2403.10704) beside minirl", console,
+                  quick=result.config.get("quick", False))
+
+
+def render_claims(rows: list[dict], title: str, console: Console | None = None, quick: bool = False) -> None:
+    """A `reproduce` command's claims: claim, the paper's number, minirl's, and the verdict in colour."""
+    console = console or Console()
+    if quick:
+        console.print("[bold yellow]--quick: a smoke test of 12-step runs on 20 problems a task; these numbers and "
+                      "verdicts mean nothing[/]")
+    v = Table(title=title, title_justify="left")
     for col in ("claim", "paper", "minirl", "verdict"):
         v.add_column(col)
     colors = {"reproduced": "green", "partly": "yellow", "not reproduced": "red"}
-    for row in result.verdicts:
+    for row in rows:
         v.add_row(row["claim"], row["paper"], row["minirl"], f"[{colors[row['verdict']]}]{row['verdict']}[/]")
     console.print(v)
-    if result.config.get("quick"):
-        console.print("[yellow]--quick: a smoke test of 12 steps a run; these numbers mean nothing[/]")
 
 
 def render_merging(result, console: Console | None = None) -> None:
@@ -307,13 +315,8 @@ def render_merging(result, console: Console | None = None) -> None:
                 s.add_row(kind, opt, f"{value:g}", f"{p['gain']:+.1f} ± {p['gain_se']:.1f}", f"{p['tax']:+.2f}",
                           "" if p["merge_ratio"] is None else f"{p['merge_ratio']:.1e}")
             console.print(s)
-    v = Table(title="Online merging's claims (Lu et al. 2024, arXiv 2405.17931) beside minirl", title_justify="left")
-    for col in ("claim", "paper", "minirl", "verdict"):
-        v.add_column(col)
-    colors = {"reproduced": "green", "partly": "yellow", "not reproduced": "red"}
-    for row in result.verdicts:
-        v.add_row(row["claim"], row["paper"], row["minirl"], f"[{colors[row['verdict']]}]{row['verdict']}[/]")
-    console.print(v)
+    render_claims(result.verdicts, "Online merging's claims (Lu et al. 2024, arXiv 2405.17931) beside minirl",
+                  console, quick=result.config.get("quick", False))
     console.print(f"{len(result.runs)} training runs and {len(result.offline)} offline merges in "
                   f"{result.wall_seconds / 60:.1f} min")
 

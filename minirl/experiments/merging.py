@@ -298,10 +298,10 @@ def verdicts(result: MergingResult) -> list[dict]:
     paper = papers()["merging"]
     pts = points(result)
     out = []
-    families = (("AdamW (the preset and 0.3x, 0.1x its lr)", "adamw"),
-                ("regularisation (EMA, ChildTuning, 2x KL, LoRA)", "regularisation"),
-                ("offline merging (linear, DARE, TIES grid)", "offline"))
-    for what, family in families:
+    for what, family in (("AdamW", "adamw"), ("regularisation", "regularisation"), ("offline merging", "offline")):
+        present = [p for p in pts if p["family"] == family and not p["sweep"]]
+        names = sorted({p["method"] for p in present}, key=lambda m: list(METHODS).index(m) if m in METHODS else 0)
+        what = f"{what} ({', '.join(names)})"
         found, text = [], []
         for algorithm in result.config["algorithms"]:
             best = _best_online(pts, algorithm)
@@ -392,10 +392,13 @@ def figures(result: MergingResult, out: Path) -> list[Path]:
             ax.errorbar(p["tax"], p["gain"], xerr=p["tax_se"], yerr=p["gain_se"], fmt="o", ms=6,
                         color=colors[p["family"]], capsize=2, zorder=3 if p["family"] == "online" else 2)
             ax.annotate(p["method"], (p["tax"], p["gain"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
+        mine = [p for p in pts if p["algorithm"] == algorithm and not p["sweep"]]
         for m, mk in markers.items():
-            ax.scatter([], [], c=colors["offline"], marker=mk, s=14, label=f"offline {m}")
+            if any(p["method"] == m for p in mine):
+                ax.scatter([], [], c=colors["offline"], marker=mk, s=14, label=f"offline {m}")
         for fam in ("adamw", "online", "regularisation"):
-            ax.scatter([], [], c=colors[fam], label=fam)
+            if any(p["family"] == fam for p in mine):
+                ax.scatter([], [], c=colors[fam], label=fam)
         ax.axvline(0, color="k", lw=0.5)
         ax.set(xlabel="alignment tax: mean drop on the other tasks (points)", ylabel="reward: gain on the task (points)",
                title=f"{algorithm}: up and to the left is better")
