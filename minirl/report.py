@@ -211,6 +211,11 @@ def render(r: dict, console: Console | None = None, detail: bool = True) -> None
                      f"{lo['trainable']:,} trainable of {lo['total']:,} weights ({pct(lo['trainable'] / lo['total'])}); "
                      f"the update ΔW = (α/r)·BA of each adapted matrix has rank ≤ {lo['lora_rank']}, the others are "
                      "unchanged")
+    sub = r.get("subnetwork")
+    if sub:
+        lines.append(f"subnetwork fine-tuning: gradients masked to the weights {sub['mask_from']} updated (from "
+                     f"{sub['mask_init']}, tol {sub['mask_tol']}): {sub['trainable']:,} of {sub['masked_total']:,} "
+                     f"trainable ({pct(sub['trainable_fraction'])})")
     if "kl" in r:
         kl = r["kl"]
         lines.append(f"KL(π ‖ π_ref) per sequence on {kl['n']} fresh samples: k1 {kl['k1']:.4f}, k3 {kl['k3']:.4f}")

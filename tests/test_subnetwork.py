@@ -66,6 +66,13 @@ def test_masked_weights_never_change(mask_run, tmp_path, precision):
                                     "trainable_fraction": sum(int(m.sum()) for m in masks.values()) / total}
     assert report["sparsity"]["bitwise"] >= 1 - report["subnetwork"]["trainable_fraction"]
     assert load_toml(tmp_path / "sub" / "config.toml")["train"]["mask_from"] == str(mask_run)
+    from rich.console import Console
+
+    from minirl.report import render
+
+    console = Console(record=True, width=250)
+    render(report, console, detail=False)
+    assert f"subnetwork fine-tuning: gradients masked to the weights {mask_run} updated" in console.export_text()
 
 
 def test_heads_the_mask_does_not_cover_stay_trainable(mask_run, tmp_path):
