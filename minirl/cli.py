@@ -515,16 +515,38 @@ def sample(ckpt, prompts, max_new_tokens, greedy, temperature, top_k, num_sample
 # -------------------------------------------------------------------- export
 @main.command()
 @click.argument("ckpt")
-@click.option("--format", "fmt", type=click.Choice(["torch", "hf", "peft"]), required=True,
+@click.option("--format", "fmt", type=click.Choice(["torch", "hf", "peft", "trl"]), required=True,
               help="torch: a PyTorch nn.Module + state_dict; hf: a LlamaForCausalLM directory (a reward model: "
                    "LlamaForSequenceClassification; a LoRA model: its adapters merged); peft: a LoRA run's "
-                   "adapters as a PEFT adapter directory (load it onto the base exported with --format hf).")
+                   "adapters as a PEFT adapter directory (load it onto the base exported with --format hf); "
+                   "trl: CKPT is a run directory or a run's config TOML, and OUT the same recipe for TRL (model, data, "
+                   "reward.py, config, train.py for python or accelerate launch).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Weight dtype of the hf export.")
-def export(ckpt, fmt, out, dtype):
-    """Export CKPT (a shipped name, a checkpoint or a run directory) for PyTorch, Hugging Face or PEFT."""
+@click.option("--model", "model_name", default=None,
+              help="trl only: a Hugging Face model name or path the recipe trains instead of the run's init model.")
+def export(ckpt, fmt, out, dtype, model_name):
+    """Export CKPT (a shipped name, a checkpoint or a run directory) for PyTorch, Hugging Face, PEFT or TRL."""
     from minirl.lora import lora_layers, plain_model
+
+    if fmt == "trl":
+        from rich.markup import escape
+
+        from minirl.export.trl import export_trl, mapping_table
+
+        try:
+            path, rows, spec = export_trl(ckpt, out, model=model_name)
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            raise click.UsageError(str(e)) from None
+        console.print(mapping_table(spec, rows))
+        for r in rows:
+            if r.warning:
+                console.print(f"[yellow]warning:[/] {escape(r.minirl)}: {escape(r.reason)}")
+        console.print(f"wrote trl export to [bold]{path}[/]: `python train.py` there (README.md, MAPPING.md)")
+        return
+    if model_name is not None:
+        raise click.BadParameter("--model is for --format trl", param_hint="--model")
 
     model = _load_or_fail(ckpt)
     lora = bool(lora_layers(model))

@@ -12,6 +12,7 @@ adapters and loads them (`merge_lora=True` folds them into the weights).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from minirl.checkpoint import CheckpointError, check_shapes, load_checkpoint, save_checkpoint
@@ -46,6 +47,10 @@ def load(name_or_path, value_head: bool | None = None, reward_head: bool | None 
     (PPO's critic, zero-initialised) or a reward head (`score`, a reward model's, initialised as the model's
     other matrices: normal with std initializer_range)."""
     path = resolve(name_or_path)
+    if _is_hf_dir(path) and not value_head and not reward_head:  # a Hugging Face Llama (minirl's export, TRL's output)
+        from minirl.export.hf import load_hf
+
+        return load_hf(path)
     tensors, config = load_checkpoint(path)
     if "model" not in config:
         raise CheckpointError(f"{path}: config.json has no 'model' section; not a minirl checkpoint")
@@ -70,6 +75,15 @@ def load(name_or_path, value_head: bool | None = None, reward_head: bool | None 
     check_shapes(tensors, expected, path)
     model.load_state_dict(tensors)
     return model
+
+
+def _is_hf_dir(path: Path) -> bool:
+    """A Hugging Face model directory: config.json names architectures and has no minirl 'model' section."""
+    config_file = path / "config.json"
+    if not (path.is_dir() and config_file.is_file()):
+        return False
+    config = json.loads(config_file.read_text())
+    return "model" not in config and "architectures" in config
 
 
 def _load_lora(path, tensors, config, value_head, reward_head, merge: bool) -> Transformer:
