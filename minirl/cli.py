@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 
 from minirl.experiments.merging import METHODS as MERGING_METHODS
+from minirl.experiments.regime import POINTS as REGIME_POINTS
 from minirl.options import dataclass_options
 
 console = Console(stderr=True)
@@ -311,6 +312,46 @@ def reproduce_sparsity(quick, seeds, workers, out, as_json):
         render_claims(result.claims, "Paper 1's claims (Mukherjee et al. 2025, arXiv 2505.11711) beside minirl",
                       quick=quick)
         console.print(f"results: {out / 'sparsity.json'}, {out / 'report.md'}")
+
+
+@reproduce.command("regime")
+@click.option("--quick", is_flag=True, help="A smoke test (8-step runs, 20 problems a task, seed 0): what CI runs; "
+                                            "its numbers mean nothing.")
+@click.option("--seeds", default=None, help="Comma-separated seeds [default: 0,1,2; quick: 0].")
+@click.option("--points", default=None, help="Comma-separated grid points [default: all: " + ", ".join(REGIME_POINTS)
+              + "].")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Runs at once.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Directory for the runs, regime.json and regime.png [default: runs/reproduce-regime-<time>].")
+@click.option("--json", "as_json", is_flag=True, help="Print regime.json on stdout.")
+def reproduce_regime(quick, seeds, points, workers, out, as_json):
+    """The regime map: update sparsity and gain of GRPO against lr / rms(w), steps, Adam's eps and precision.
+
+    \b
+    Answers: does a toy run exist that gains >= 10 points on add and is >= 50 % sparse (bf16, tol 1e-5)?
+    Rerun with the same --out after an interruption: finished runs are read back.
+    """
+    from datetime import datetime
+    from pathlib import Path
+
+    from minirl.experiments.regime import RegimeConfig, run_regime
+
+    given = {"seeds": _int_list(seeds) if seeds else ((0,) if quick else None),
+             "points": tuple(p.strip() for p in points.split(",") if p.strip()) if points else None}
+    try:
+        config = RegimeConfig(**{k: v for k, v in given.items() if v is not None}, quick=quick, workers=workers)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    out = Path(out) if out else Path("runs") / f"reproduce-regime-{datetime.now():%Y%m%d-%H%M%S}"
+    result = run_regime(config, out, progress=None if as_json else lambda line: console.print(line))
+    if as_json:
+        click.echo((out / "regime.json").read_text())
+    else:
+        from minirl.report import render_regime
+
+        render_regime(result)
+        console.print(f"results: {out / 'regime.json'}" + (f", {out / 'regime.png'}" if (out / "regime.png").is_file()
+                                                            else ""))
 
 
 def _float_list(text: str, param: str) -> tuple[float, ...]:

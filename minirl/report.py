@@ -391,3 +391,32 @@ def render_analysis(result: dict, console: Console | None = None, detail: bool =
         console.print(t)
         console.print("paper (arXiv 2505.11711), across seeds: o1/o2 60.5/60.6 % vs chance 36.7/36.7 %")
     console.print(f"read and compared in {result['seconds']:.2f} s")
+
+
+def render_regime(result, console: Console | None = None) -> None:
+    """`minirl reproduce regime`: each grid point's relative step, sparsity and gain over seeds, and the answer."""
+    from minirl.experiments.regime import GAIN_BAR, SPARSITY_BAR
+
+    console = console or Console()
+    if result.config.get("quick"):
+        console.print("[bold yellow]--quick: a smoke test of 8-step runs on 20 problems a task; these numbers mean "
+                      "nothing[/]")
+    t = Table(title=f"GRPO from the SFT model over {result.points[0]['seeds']} seed(s): mean (min-max)",
+              title_justify="left")
+    for col in ("point", "lr / rms(w)", "sparsity %", "gain", "tax"):
+        t.add_column(col, justify="left" if col == "point" else "right")
+    for p in result.points:
+        t.add_row(p["point"], f"{p['relative_step']:.1e}",
+                  f"{p['sparsity']:.1f} ({p['sparsity_min']:.1f}-{p['sparsity_max']:.1f})",
+                  f"{p['gain']:+.1f} ({p['gain_min']:+.1f} to {p['gain_max']:+.1f})", f"{p['tax']:+.2f}")
+    console.print(t)
+    a = result.answer
+    if a["exists"]:
+        console.print(f"[green]a toy run can be both: {', '.join(a['points'])} gained >= {GAIN_BAR:g} points and was "
+                      f">= {SPARSITY_BAR:g} % sparse in every seed[/]")
+    else:
+        best = (f"the sparsest point that gained >= {GAIN_BAR:g} in every seed: {a['sparsest_learning']} "
+                f"({a['sparsest_learning_sparsity']:.1f} % sparse)" if a["sparsest_learning"] else
+                f"no point gained >= {GAIN_BAR:g} in every seed")
+        console.print(f"[red]no grid point both gained >= {GAIN_BAR:g} points and was >= {SPARSITY_BAR:g} % sparse in "
+                      f"every seed[/]; {best}; the sparsest point: {a['sparsest']}")

@@ -1,0 +1,39 @@
+"""`minirl reproduce regime`: the quick grid end to end, and the answer's rule on made-up points."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from minirl.cli import main
+from minirl.experiments.regime import POINTS, answer, summarise
+
+
+@pytest.mark.slow
+def test_reproduce_regime_quick_runs_the_grid(tmp_path):
+    result = CliRunner().invoke(main, ["reproduce", "regime", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "regime.json").read_text())
+    assert [p["point"] for p in doc["points"]] == list(POINTS)
+    by = {p["point"]: p for p in doc["points"]}
+    assert by["lr3e-4"]["relative_step"] == pytest.approx(30 * by["lr1e-5"]["relative_step"])
+    assert by["pure_bf16"]["precision"] == "pure_bf16" and by["eps1e-5"]["eps"] == 1e-5
+    assert by["lr1e-5x600"]["steps"] == 4 * by["lr1e-5"]["steps"]
+    # a step below half a bf16 ULP is lost without a master copy: pure bf16 at the preset's lr is the sparser
+    assert by["pure_bf16"]["sparsity"] > by["lr1e-4"]["sparsity"]
+    assert isinstance(doc["answer"]["exists"], bool) and "--quick: a smoke" in result.output
+
+
+def row(point, seed, sparsity, gain):
+    return {"point": point, "knob": "lr", "seed": seed, "relative_step": 1e-3, "lr": 1e-4, "steps": 150,
+            "precision": "bf16", "eps": 1e-8, "sparsity": sparsity, "gain": gain, "tax": 0.0}
+
+
+def test_answer_needs_both_bars_in_every_seed():
+    pts = summarise([row("a", 0, 60, 12), row("a", 1, 55, 9), row("b", 0, 20, 15), row("b", 1, 25, 14),
+                     row("c", 0, 90, 0), row("c", 1, 92, 1)])
+    a = answer(pts)
+    assert not a["exists"]  # a misses the gain bar in seed 1
+    assert a["sparsest_learning"] == "b" and a["sparsest"] == "c"
+    assert answer(summarise([row("a", 0, 60, 12), row("a", 1, 55, 11)]))["exists"]
+    assert next(p for p in pts if p["point"] == "a")["gain_min"] == 9
