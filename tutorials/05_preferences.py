@@ -54,6 +54,7 @@ import numpy as np
 from minirl.evaluate import complete
 from minirl.loading import save_model
 from minirl.optim import OptimizerConfig
+from minirl.plots import TUTORIAL_FIGURES, pyplot, save
 from minirl.rl.dpo import DPO, DPOConfig, dpo_loss
 from minirl.rl.kl import exact_kl
 from minirl.rl.kto import kto_loss
@@ -69,24 +70,13 @@ from minirl.train import TrainConfig, train
 
 np.set_printoptions(precision=4, suppress=True)
 
-try:  # figures are optional: without matplotlib the lesson prints the same numbers as tables
-    import matplotlib
-
-    if "ipykernel" not in sys.modules:  # a script or a test: no window, just files
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-FIG_DIR = Path(tempfile.gettempdir()) / "minirl_tutorials"  # outside the repository: nothing to commit
+plt = pyplot()  # figures are optional: without matplotlib (None) the lesson prints the same numbers as tables
+FIG_DIR = TUTORIAL_FIGURES  # outside the repository: nothing to commit
 
 
 def save_figure(fig, name: str) -> None:
     """Write `fig` to FIG_DIR/name and say where."""
-    FIG_DIR.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(FIG_DIR / name, dpi=100)
-    plt.close(fig)
-    print("figure:", FIG_DIR / name)
+    print("figure:", save(fig, FIG_DIR / name, dpi=100))
 
 
 def sigmoid(x):

@@ -68,6 +68,7 @@ from minirl.lora import (LoraConfig, LoRALinear, count_trainable, inject_lora, l
                          lora_linear_reference, merged_state_dict, trainable_parameters)
 from minirl.nn import Linear
 from minirl.optim import OptimizerConfig, clip_grad_norm, make_optimizer
+from minirl.plots import TUTORIAL_FIGURES, pyplot, save
 from minirl.precision import to_bf16
 from minirl.rl.sft import token_nll
 from minirl.tasks.corpus import sft_batch
@@ -75,24 +76,13 @@ from minirl.tensor import Tensor
 
 np.set_printoptions(precision=4, suppress=True)
 
-try:  # figures are optional: without matplotlib the lesson prints the same numbers as tables
-    import matplotlib
-
-    if "ipykernel" not in sys.modules:  # a script or a test: no window, just files
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-FIG_DIR = Path(tempfile.gettempdir()) / "minirl_tutorials"  # outside the repository: nothing to commit
+plt = pyplot()  # figures are optional: without matplotlib (None) the lesson prints the same numbers as tables
+FIG_DIR = TUTORIAL_FIGURES  # outside the repository: nothing to commit
 
 
 def save_figure(fig, name: str) -> None:
     """Write `fig` to FIG_DIR/name and say where."""
-    FIG_DIR.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(FIG_DIR / name, dpi=100)
-    plt.close(fig)
-    print("figure:", FIG_DIR / name)
+    print("figure:", save(fig, FIG_DIR / name, dpi=100))
 
 
 # %% [markdown]

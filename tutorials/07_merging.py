@@ -67,29 +67,19 @@ from minirl.merging import offline, online
 from minirl.merging.offline import dare_drop, magnitude_trim, merge, merge_tensors, task_vector
 from minirl.merging.online import OnDARE, OnTIES, dare_filter, merge_ratio, reference_delta, topk_filter
 from minirl.optim import AdamW
+from minirl.plots import TUTORIAL_FIGURES, pyplot, save
 from minirl.rl.sft import token_nll
 from minirl.tasks.corpus import sft_batch
 
 np.set_printoptions(precision=4, suppress=True)
 
-try:  # figures are optional: without matplotlib the lesson prints the same numbers as tables
-    import matplotlib
-
-    if "ipykernel" not in sys.modules:  # a script or a test: no window, just files
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-FIG_DIR = Path(tempfile.gettempdir()) / "minirl_tutorials"  # outside the repository: nothing to commit
+plt = pyplot()  # figures are optional: without matplotlib (None) the lesson prints the same numbers as tables
+FIG_DIR = TUTORIAL_FIGURES  # outside the repository: nothing to commit
 
 
 def save_figure(fig, name: str) -> None:
     """Write `fig` to FIG_DIR/name and say where."""
-    FIG_DIR.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(FIG_DIR / name, dpi=100)
-    plt.close(fig)
-    print("figure:", FIG_DIR / name)
+    print("figure:", save(fig, FIG_DIR / name, dpi=100))
 
 
 def rms(x) -> float:

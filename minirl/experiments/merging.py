@@ -370,12 +370,10 @@ def _sweep_verdicts(pts: list[dict], paper: dict) -> list[dict]:
 def figures(result: MergingResult, out: Path) -> list[Path]:
     """pareto.png (gain against tax, every point, per algorithm) and sweeps.png (p and alpha); none without
     matplotlib."""
-    try:
-        import matplotlib
+    from minirl.plots import pyplot, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     pts = points(result)
     algorithms = result.config["algorithms"]
@@ -403,10 +401,7 @@ def figures(result: MergingResult, out: Path) -> list[Path]:
         ax.set(xlabel="alignment tax: mean drop on the other tasks (points)", ylabel="reward: gain on the task (points)",
                title=f"{algorithm}: up and to the left is better")
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    paths = [out / "pareto.png"]
-    fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
+    paths = [save(fig, out / "pareto.png")]
     sweep = [p for p in pts if p["sweep"]]
     if sweep:
         main = {p["method"]: p for p in pts if p["algorithm"] == SWEEP_ALGORITHM and not p["sweep"]}
@@ -432,8 +427,5 @@ def figures(result: MergingResult, out: Path) -> list[Path]:
         a2.set(xscale="log", xlabel="alpha (0 drawn at 1e-8)", ylabel="points", title=f"{SWEEP_ALGORITHM}: alpha")
         for ax in (a1, a2):
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "sweeps.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save(fig, out / "sweeps.png"))
     return paths

@@ -140,12 +140,10 @@ def run_regime(config: RegimeConfig, out: Path, progress=None) -> RegimeResult:
 
 def draw(result: RegimeResult, out: Path) -> Path | None:
     """regime.png: sparsity and gain against the relative step, one marker per knob; None without matplotlib."""
-    try:
-        import matplotlib
+    from minirl.plots import pyplot, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     from minirl.papers import papers
 
@@ -165,7 +163,5 @@ def draw(result: RegimeResult, out: Path) -> Path | None:
         ax.legend(fontsize=8)
     a1.set(ylabel="update sparsity, % (bf16, tol 1e-5)", title="sparsity (markers: o lr, s steps, ^ eps, D precision)")
     a2.set(ylabel="gain on add, points", title="learning")
-    fig.tight_layout()
-    fig.savefig(out / "regime.png", dpi=110)
-    plt.close(fig)
+    save(fig, out / "regime.png")
     return out / "regime.png"

@@ -381,12 +381,10 @@ def _layer_stats(result: SparsityResult) -> tuple[dict[int, float], float, float
 def draw(result: SparsityResult, out: Path) -> list[str]:
     """sparsity.png (every algorithm against the paper's range), overlap.png, dynamics.png; none without
     matplotlib."""
-    try:
-        import matplotlib
+    from minirl.plots import pyplot, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     from minirl.papers import papers
 
@@ -401,9 +399,7 @@ def draw(result: SparsityResult, out: Path) -> list[str]:
     ax.set(ylabel="update sparsity, % (bf16, tol 1e-5)", ylim=(0, 100), title="update sparsity by run")
     ax.tick_params(axis="x", rotation=45)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "sparsity.png", dpi=110)
-    plt.close(fig)
+    save(fig, out / "sparsity.png")
     files = ["sparsity.png"]
     if result.overlaps:
         kinds = list(dict.fromkeys(o["kind"] for o in result.overlaps))
@@ -415,9 +411,7 @@ def draw(result: SparsityResult, out: Path) -> list[str]:
         ax.set_xticks(x, [f"across {k}" for k in kinds])
         ax.set(ylabel="%", title="overlap of updated weights")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "overlap.png", dpi=110)
-        plt.close(fig)
+        save(fig, out / "overlap.png")
         files.append("overlap.png")
     if result.dynamics:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -430,9 +424,7 @@ def draw(result: SparsityResult, out: Path) -> list[str]:
         ax.set(xlabel=f"interval ({every} GRPO steps each)", ylabel="% of weights changed",
                title="weights changed between consecutive checkpoints")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "dynamics.png", dpi=110)
-        plt.close(fig)
+        save(fig, out / "dynamics.png")
         files.append("dynamics.png")
     return files
 
