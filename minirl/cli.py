@@ -196,13 +196,34 @@ _register_commands()
 @click.argument("run_dir", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of rendering it.")
 @click.option("--brief", is_flag=True, help="Skip the per-matrix tables.")
-def report(run_dir, as_json, brief):
-    """Re-render the report of a finished run directory."""
+@click.option("--beside", type=click.Path(exists=True, file_okay=False), default=None,
+              help="TRL output only: a minirl run directory of the same config, shown in a second column.")
+@click.option("--bench-n", type=click.IntRange(min=1), default=None,
+              help="TRL output only: held-out problems per task (default: 1000 on the trained task, 200 on the "
+                   "others, as runs measure).")
+def report(run_dir, as_json, brief, beside, bench_n):
+    """Re-render the report of a finished run directory, or report a TRL output directory.
+
+    \b
+    RUN_DIR is a minirl run directory (report.json), or the directory train.py of `minirl export --format trl`
+    saved (log_history.json): its recipe, TRL's curves, greedy accuracy of the init and the result on every task,
+    and the update's sparsity and rank; measured once, cached as minirl_report.json.
+    Example: minirl report runs/g10-trl/output --beside runs/g10
+    """
+    from minirl.export.trl_report import is_trl_output
     from minirl.report import load_report, render
 
+    if is_trl_output(run_dir):
+        return _report_trl(run_dir, beside, bench_n, as_json, brief)
+    if beside or bench_n:
+        raise click.UsageError(f"--beside and --bench-n are for a TRL output directory (log_history.json); "
+                               f"{run_dir} is not one")
     try:
         r = load_report(run_dir)
-    except (FileNotFoundError, ValueError) as e:
+    except FileNotFoundError as e:
+        raise click.BadParameter(f"{e}; nor is it a TRL output directory (log_history.json, which train.py of "
+                                 "`minirl export --format trl` writes)", param_hint="RUN_DIR") from None
+    except ValueError as e:
         raise click.BadParameter(str(e), param_hint="RUN_DIR") from None
     if as_json:
         click.echo(json.dumps(r, indent=2))
@@ -213,10 +234,51 @@ def report(run_dir, as_json, brief):
         render(r, detail=not brief)
 
 
+def _report_trl(out, beside, bench_n, as_json, brief) -> None:
+    """`minirl report OUT` of a TRL output directory, with --beside RUN_DIR's numbers."""
+    from minirl.checkpoint import CheckpointError
+    from minirl.export import trl_report
+    from minirl.report import render_trl
+
+    try:
+        r = trl_report.trl_report(out, bench_n=bench_n)
+    except (FileNotFoundError, CheckpointError) as e:
+        raise click.BadParameter(str(e), param_hint="RUN_DIR") from None
+    if beside:
+        try:
+            r["beside"] = trl_report.beside(beside)
+        except (FileNotFoundError, ValueError) as e:
+            raise click.BadParameter(str(e), param_hint="--beside") from None
+    _emit(r, as_json, lambda r: render_trl(r, detail=not brief))
+
+
 # ----------------------------------------------------------------- reproduce
 @main.group()
 def reproduce():
     """Reproduce a paper's claims at toy scale, each with minirl's numbers beside the paper's and a verdict."""
+
+
+def _reproduce_config(cls, quick: bool, workers: int, **given):
+    """`cls(**given)` without the options left at None (the config's defaults), as a usage error when bad."""
+    try:
+        return cls(**{k: v for k, v in given.items() if v is not None}, quick=quick, workers=workers)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _reproduce_run(kind: str, run_fn, config, out, as_json: bool, render, files: tuple[str, ...]) -> None:
+    """Run a `reproduce` experiment into `out` (default runs/reproduce-KIND-<time>) with progress lines, then print
+    its JSON file (the first of `files`) or render its result and name the files it wrote."""
+    from datetime import datetime
+    from pathlib import Path
+
+    out = Path(out) if out else Path("runs") / f"reproduce-{kind}-{datetime.now():%Y%m%d-%H%M%S}"
+    result = run_fn(config, out, progress=None if as_json else lambda line: console.print(line))
+    if as_json:
+        click.echo((out / files[0]).read_text())
+        return
+    render(result)
+    console.print("results: " + ", ".join(str(out / f) for f in files if (out / f).is_file()))
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -248,27 +310,14 @@ def reproduce_perl(quick, seeds, ranks, jobs, workers, out, as_json):
     (quality on par; reward model 43-74 % of full tuning's memory and 1.4-1.9x faster; RL 73-80 % and
     1.15-1.3x) beside minirl's, with a verdict each. The full run took 26 minutes on two cores.
     """
-    from datetime import datetime
-    from pathlib import Path
-
     from minirl.experiments.perl import QUICK_RANKS, QUICK_SEEDS, PerlConfig, run_perl
+    from minirl.report import render_perl
 
-    given = {"ranks": _int_list(ranks) if ranks else (QUICK_RANKS if quick else None),
-             "seeds": _int_list(seeds) if seeds else (QUICK_SEEDS if quick else None)}
-    try:
-        config = PerlConfig(**{k: v for k, v in given.items() if v is not None}, quick=quick, workers=workers,
-                            jobs=tuple(j.strip() for j in jobs.split(",") if j.strip()))
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    out = Path(out) if out else Path("runs") / f"reproduce-perl-{datetime.now():%Y%m%d-%H%M%S}"
-    result = run_perl(config, out, progress=None if as_json else lambda line: console.print(line))
-    if as_json:
-        click.echo((out / "perl.json").read_text())
-    else:
-        from minirl.report import render_perl
-
-        render_perl(result)
-        console.print(f"results: {out / 'perl.json'}")
+    config = _reproduce_config(PerlConfig, quick, workers,
+                               ranks=_int_list(ranks) if ranks else (QUICK_RANKS if quick else None),
+                               seeds=_int_list(seeds) if seeds else (QUICK_SEEDS if quick else None),
+                               jobs=tuple(j.strip() for j in jobs.split(",") if j.strip()))
+    _reproduce_run("perl", run_perl, config, out, as_json, render_perl, ("perl.json",))
 
 
 @reproduce.command("sparsity")
@@ -292,26 +341,15 @@ def reproduce_sparsity(quick, seeds, workers, out, as_json):
     beside the paper's number with a verdict, and writes report.md with figures.
     Rerun with the same --out after an interruption: finished runs are read back.
     """
-    from datetime import datetime
-    from pathlib import Path
-
     from minirl.experiments.sparsity import QUICK_SEEDS, SparsityConfig, run_sparsity
+    from minirl.report import render_claims
 
-    chosen = _int_list(seeds) if seeds else (QUICK_SEEDS if quick else None)
-    try:
-        config = SparsityConfig(**({"seeds": chosen} if chosen else {}), quick=quick, workers=workers)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    out = Path(out) if out else Path("runs") / f"reproduce-sparsity-{datetime.now():%Y%m%d-%H%M%S}"
-    result = run_sparsity(config, out, progress=None if as_json else lambda line: console.print(line))
-    if as_json:
-        click.echo((out / "sparsity.json").read_text())
-    else:
-        from minirl.report import render_claims
-
-        render_claims(result.claims, "Paper 1's claims (Mukherjee et al. 2025, arXiv 2505.11711) beside minirl",
-                      quick=quick)
-        console.print(f"results: {out / 'sparsity.json'}, {out / 'report.md'}")
+    config = _reproduce_config(SparsityConfig, quick, workers,
+                               seeds=_int_list(seeds) if seeds else (QUICK_SEEDS if quick else None))
+    title = "Paper 1's claims (Mukherjee et al. 2025, arXiv 2505.11711) beside minirl"
+    _reproduce_run("sparsity", run_sparsity, config, out, as_json,
+                   lambda result: render_claims(result.claims, title, quick=quick),
+                   ("sparsity.json", "report.md", "sparsity.png", "overlap.png", "dynamics.png"))
 
 
 @reproduce.command("regime")
@@ -331,27 +369,13 @@ def reproduce_regime(quick, seeds, points, workers, out, as_json):
     Answers: does a toy run exist that gains >= 10 points on add and is >= 50 % sparse (bf16, tol 1e-5)?
     Rerun with the same --out after an interruption: finished runs are read back.
     """
-    from datetime import datetime
-    from pathlib import Path
-
     from minirl.experiments.regime import RegimeConfig, run_regime
+    from minirl.report import render_regime
 
-    given = {"seeds": _int_list(seeds) if seeds else ((0,) if quick else None),
-             "points": tuple(p.strip() for p in points.split(",") if p.strip()) if points else None}
-    try:
-        config = RegimeConfig(**{k: v for k, v in given.items() if v is not None}, quick=quick, workers=workers)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    out = Path(out) if out else Path("runs") / f"reproduce-regime-{datetime.now():%Y%m%d-%H%M%S}"
-    result = run_regime(config, out, progress=None if as_json else lambda line: console.print(line))
-    if as_json:
-        click.echo((out / "regime.json").read_text())
-    else:
-        from minirl.report import render_regime
-
-        render_regime(result)
-        console.print(f"results: {out / 'regime.json'}" + (f", {out / 'regime.png'}" if (out / "regime.png").is_file()
-                                                            else ""))
+    config = _reproduce_config(RegimeConfig, quick, workers,
+                               seeds=_int_list(seeds) if seeds else ((0,) if quick else None),
+                               points=tuple(p.strip() for p in points.split(",") if p.strip()) if points else None)
+    _reproduce_run("regime", run_regime, config, out, as_json, render_regime, ("regime.json", "regime.png"))
 
 
 def _float_list(text: str, param: str) -> tuple[float, ...]:
@@ -390,38 +414,26 @@ def reproduce_merging(quick, seeds, algorithms, methods, weights, densities, res
     beside the paper's Table 4, the verdicts, and draws pareto.png and sweeps.png (with matplotlib).
     Rerun with the same --out after an interruption: finished runs are read back.
     """
-    from datetime import datetime
-    from pathlib import Path
-
     from minirl.experiments.merging import QUICK, MergingConfig, run_merging
+    from minirl.report import render_merging
 
     def sweep(text, param):
         return () if text.strip().lower() == "none" else _float_list(text, param)
 
-    given = {
-        "seeds": _int_list(seeds) if seeds else (QUICK["seeds"] if quick else None),
-        "algorithms": tuple(a.strip() for a in algorithms.split(",") if a.strip()),
-        "methods": tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None,
-        "weights": _float_list(weights, "--weights") if weights else (QUICK["weights"] if quick else None),
-        "densities": _float_list(densities, "--densities") if densities else (QUICK["densities"] if quick else None),
-        "reserve_rates": sweep(reserve_rates, "--reserve-rates") if reserve_rates else (
-            QUICK["reserve_rates"] if quick else None),
-        "alphas": sweep(alphas, "--alphas") if alphas else (QUICK["alphas"] if quick else None),
-    }
-    try:
-        config = MergingConfig(**{k: v for k, v in given.items() if v is not None}, quick=quick, workers=workers)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    out = Path(out) if out else Path("runs") / f"reproduce-merging-{datetime.now():%Y%m%d-%H%M%S}"
-    result = run_merging(config, out, progress=None if as_json else lambda line: console.print(line))
-    if as_json:
-        click.echo((out / "merging.json").read_text())
-    else:
-        from minirl.report import render_merging
+    def chosen(value, parse, key):
+        return parse(value) if value else (QUICK[key] if quick else None)
 
-        render_merging(result)
-        console.print(f"results: {out / 'merging.json'}" + ("" if not (out / "pareto.png").is_file() else
-                                                              f"; figures: {out / 'pareto.png'}, {out / 'sweeps.png'}"))
+    config = _reproduce_config(
+        MergingConfig, quick, workers,
+        seeds=chosen(seeds, _int_list, "seeds"),
+        algorithms=tuple(a.strip() for a in algorithms.split(",") if a.strip()),
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None,
+        weights=chosen(weights, lambda t: _float_list(t, "--weights"), "weights"),
+        densities=chosen(densities, lambda t: _float_list(t, "--densities"), "densities"),
+        reserve_rates=chosen(reserve_rates, lambda t: sweep(t, "--reserve-rates"), "reserve_rates"),
+        alphas=chosen(alphas, lambda t: sweep(t, "--alphas"), "alphas"))
+    _reproduce_run("merging", run_merging, config, out, as_json, render_merging,
+                   ("merging.json", "pareto.png", "sweeps.png"))
 
 
 @main.command()

@@ -420,3 +420,65 @@ def render_regime(result, console: Console | None = None) -> None:
                 f"no point gained >= {GAIN_BAR:g} in every seed")
         console.print(f"[red]no grid point both gained >= {GAIN_BAR:g} points and was >= {SPARSITY_BAR:g} % sparse in "
                       f"every seed[/]; {best}; the sparsest point: {a['sparsest']}")
+
+
+def render_trl(r: dict, console: Console | None = None, detail: bool = True) -> None:
+    """`minirl report OUT` of a TRL output (`minirl.export.trl_report`): the recipe, TRL's curves, greedy accuracy
+    of the init and of TRL's result on every task, the update's sparsity and rank, and with --beside the minirl run
+    of the same config in a second column."""
+    from rich.markup import escape
+
+    console = console or Console()
+    b = r.get("beside")
+    runtime = "" if r.get("train_runtime") is None else f" · {r['train_runtime']:.1f} s training"
+    lines = [f"[bold]TRL {r.get('trainer', '?')}[/] on the recipe of minirl `{r.get('minirl_command', '?')}` · init "
+             f"{r.get('init', '?')} · {r['steps']} steps{runtime} · output {r['output']}"]
+    if "config" in r:
+        keys = ("max_steps", "learning_rate", "per_device_train_batch_size", "num_generations", "beta", "loss_type",
+                "reward_weights", "max_completion_length", "temperature")
+        lines.append("recipe: " + escape(", ".join(f"{k} {r['config'][k]}" for k in keys if k in r["config"]))
+                     + f" · optimizer {r['optimizer']} · every field: {r['recipe_dir']}/MAPPING.md")
+    lines += [f"[yellow]warning[/]: {escape(w)}" for w in r.get("warnings", [])]
+    lines += [_curve_line(r, name, f"TRL {name}") for name in r["curves"]]
+    if b:
+        lines += [_curve_line(b, name, f"minirl {name}") for name in b["curves"]]
+    if r.get("missing"):
+        lines.append(f"[yellow]{escape(r['missing'])}[/]")
+    console.print(Panel(Group(*lines), title="minirl report of a TRL run", expand=False))
+    if "accuracy" not in r:
+        return
+    # 1) accuracy on every task: the init, TRL's result, and (--beside) minirl's own run
+    acc, mine = r["accuracy"], b["accuracy"] if b else None
+    t = Table(title="greedy accuracy on the held-out benchmark (n problems; change in points)", title_justify="left")
+    cols = ["task", "n", "init", "TRL", "change"] + (["n", "minirl", "change"] if b else [])
+    for col in cols:
+        t.add_column(col, justify="left" if col == "task" else "right")
+    order, trained = list(TASKS), r["trained_tasks"]
+    for task in sorted(acc["before"], key=lambda x: (x not in trained, order.index(x) if x in order else len(order))):
+        d = acc["after"][task] - acc["before"][task]
+        row = [f"[bold]{task}[/] (trained)" if task in trained else task, str(acc["n"][task]),
+               pct(acc["before"][task]), pct(acc["after"][task]), f"{100 * d:+.1f}"]
+        if b and task in mine["after"]:
+            dm = mine["after"][task] - mine["before"][task]
+            row += [str(mine["n"].get(task, "")), pct(mine["after"][task]), f"{100 * dm:+.1f}"]
+        t.add_row(*row)
+    console.print(t)
+    # 2) the update, beside minirl's
+    u = Table(title="the update θ1 − θ0 (weights compared in bf16, as the papers)", title_justify="left")
+    for col in ["quantity", "TRL (fp32 training)"] + ([f"minirl ({b['precision']} storage)"] if b else []):
+        u.add_column(col, justify="left" if col == "quantity" else "right")
+    sp, rk = r["sparsity"], r["rank"]
+    rows = [("steps", str(r["steps"]), str(b["steps"]) if b else ""),
+            ("training seconds", "n/a" if r.get("train_runtime") is None else f"{r['train_runtime']:.1f}",
+             f"{b['wall_seconds']:.1f}" if b else ""),
+            (f"sparsity (|Δ| <= {sp['tol']:g})", pct(sp["overall"]), pct(b["sparsity"]["overall"]) if b else ""),
+            ("sparsity (bitwise)", pct(sp["bitwise"]), pct(b["sparsity"]["bitwise"]) if b else ""),
+            ("rank (mean fraction of full)", pct(rk["mean_fraction"]), pct(b["rank"]["mean_fraction"]) if b else "")]
+    for row in rows:
+        u.add_row(*row[:3 if b else 2])
+    console.print(u)
+    if detail:
+        console.print(_grid_table(sp["per_tensor"], "TRL's update sparsity per matrix (bf16, tol 1e-5)"))
+        console.print(_grid_table(rk["per_tensor"], "TRL's update rank per matrix (fraction of full rank)"))
+    if b:
+        console.print(f"minirl run: {b['run_dir']}")

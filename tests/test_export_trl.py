@@ -175,3 +175,73 @@ def test_dpo_runs_in_trl_and_comes_back(tmp_path):
     init, trained = load(out / "model"), load(out / "output")
     frac, _ = changed_fraction(init, trained)
     assert frac > 0.5  # AdamW in fp32 moves nearly every weight
+
+
+TINY = {
+    "rloo": dict(steps=2, num_prompts=2, num_generations=2, reward="partial", beta=0.05),
+    "kto": dict(steps=2, pairs="offline", num_prompts=8, batch_size=4, beta=0.1),
+    "simpo": dict(steps=2, pairs="offline", num_prompts=8, batch_size=4),
+    "orpo": dict(steps=2, pairs="offline", num_prompts=8, batch_size=4),
+}
+"""Two steps on a tiny batch of each remaining exported algorithm (GRPO and DPO are above)."""
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_every_other_algorithm_runs_in_trl(tmp_path, name):
+    pytest.importorskip("trl")
+    out, _, _ = export_trl(run_dir(tmp_path, name, **TINY[name]), tmp_path / f"{name}-trl")
+    history = run_train(out)
+    steps = [h for h in history if "loss" in h and "train_runtime" not in h]
+    print(f"TRL {name} log:", [{k: round(v, 4) for k, v in h.items() if k in ("step", "loss", "reward", "kl")}
+                                for h in steps])
+    assert [h["step"] for h in steps] == [1, 2] and all(math.isfinite(h["loss"]) for h in steps)
+    if name == "rloo":
+        # PERL's (1 - β) r - β KL: TRL weights the verifier's reward by 1 - β and subtracts β KL (k1, summed)
+        assert json.loads((out / "recipe.json").read_text())["config"]["reward_weights"] == [0.95]
+        for h in steps:
+            assert h["reward"] == pytest.approx(0.95 * h["rewards/task_reward/mean"], abs=1e-6)
+        assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy = reference at the first rollout
+    elif name == "kto":
+        # policy = reference: every implicit reward and the KL estimate are 0, so the loss is 1 - σ(0) = 0.5
+        assert steps[0]["loss"] == pytest.approx(0.5, abs=1e-4)
+    else:
+        assert "rewards/margins" in steps[0]  # CPO's (SimPO) and ORPO's preference metrics
+    init, trained = load(out / "model"), load(out / "output")
+    frac, _ = changed_fraction(init, trained)
+    assert frac > 0.5  # AdamW in fp32 moves nearly every weight
+
+
+def test_trl_round_trip_report_beside_minirl(tmp_path):
+    """A short GRPO run, its export trained 2 steps by TRL, `minirl report OUT --beside RUN` and `minirl analyze`."""
+    pytest.importorskip("trl")
+    from minirl.runs import rl
+
+    run = tmp_path / "g2"
+    rl("grpo", out=run, progress=False, bench_n=5, steps=2, num_prompts=2, num_generations=2, reward="partial")
+    out, _, _ = export_trl(run, tmp_path / "g2-trl")
+    run_train(out)
+    result = CliRunner().invoke(main, ["report", str(out / "output"), "--beside", str(run), "--bench-n", "5",
+                                       "--brief"], terminal_width=160)
+    assert result.exit_code == 0, result.output
+    print(result.output)
+    assert "TRL GRPOTrainer" in result.output and "minirl (bf16 storage)" in result.output
+    assert "TRL reward per step" in result.output and "minirl reward per step" in result.output
+    cached = json.loads((out / "output" / "minirl_report.json").read_text())
+    assert cached["steps"] == 2 and cached["accuracy"]["n"]["add"] == 5 and cached["trained_tasks"] == ["add"]
+    assert 0 < cached["sparsity"]["overall"] < 1 and 0 < cached["rank"]["mean_fraction"] <= 1
+    # the JSON carries both columns; the cache is reused (same numbers) when rendered again
+    again = CliRunner().invoke(main, ["report", str(out / "output"), "--beside", str(run), "--bench-n", "5", "--json"])
+    assert again.exit_code == 0, again.output
+    r = json.loads(again.output)
+    assert r["sparsity"] == cached["sparsity"] and r["beside"]["steps"] == 2
+    assert r["beside"]["accuracy"]["n"]["add"] == 5
+    analyzed = CliRunner().invoke(main, ["analyze", str(out / "model"), str(out / "output"), "--json"])
+    assert analyzed.exit_code == 0, analyzed.output
+    assert json.loads(analyzed.output)["updates"][0]["sparsity"]["overall"] == pytest.approx(cached["sparsity"]["overall"])
+
+
+def test_report_of_a_directory_that_is_neither(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "nor is it a TRL output directory" in result.output
+    result = CliRunner().invoke(main, ["report", str(tmp_path), "--beside", str(tmp_path)])
+    assert result.exit_code == 2 and "for a TRL output directory" in result.output

@@ -174,7 +174,15 @@ def algorithm_rows(spec, config: dict) -> list[Row]:
         _row(rows, config, f"{sec} reward", "-", c.reward,
              f"reward.py: the {task.name} verifier, " + ("1 if exact else 0" if c.reward == "exact"
                                                          else "with its partial credit"))
-        _row(rows, config, f"{sec} beta", "beta", c.beta, "KL coefficient to the reference")
+        if name == "grpo":
+            _row(rows, config, f"{sec} beta", "beta", c.beta, "the k3 KL term's weight in the loss, as TRL's")
+        else:  # minirl's RLOO rewards PERL's (1 - β) r - β KL; TRL's RLOOTrainer r·w - β KL, both before the baseline
+            _row(rows, config, f"{sec} beta", "beta", c.beta,
+                 "the sequence k1 KL's weight in the reward (not a loss term), before the leave-one-out baseline, "
+                 "in both (minirl.rl.reinforce, TRL's _generate_and_score_completions)")
+            _row(rows, config, f"{sec} beta", "reward_weights", [1.0 - c.beta],
+                 "minirl's reward is PERL's (1 - β) r - β KL; TRL's is Σ w·r - β KL, so w = 1 - β makes them equal "
+                 "(TRL's logged 'reward' is then (1 - β) r; rewards/task_reward/mean is r)")
         if name == "grpo":
             _row(rows, config, f"{sec} epsilon", "epsilon", c.epsilon, "lower clip range")
             _row(rows, config, f"{sec} epsilon_high", "epsilon_high", c.epsilon_high, "upper clip range (None: epsilon)")
