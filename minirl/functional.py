@@ -16,10 +16,31 @@ from the elementary ops above it.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from scipy.special import log_expit
 
 from minirl.tensor import Tensor, is_grad_enabled
+
+_reference = False
+
+
+@contextlib.contextmanager
+def reference_ops():
+    """Run the plain reference of every fused op instead of its fast path (the tests' oracle).
+
+    Each fast path (`rms_norm`, `rope`, `attention`, `swiglu`, beside its `*_reference`; the tape's
+    in-place gradient sums in `Tensor.backward`) does the same float32
+    operations in the same order into preallocated or reused buffers, so both
+    give the same bits; `tests/test_speed_bitwise.py` checks it on whole runs.
+    """
+    global _reference
+    previous, _reference = _reference, True
+    try:
+        yield
+    finally:
+        _reference = previous
 
 
 def _op(data: np.ndarray, parents: tuple, backward) -> Tensor:
@@ -106,7 +127,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     than scipy's expit on the MLP's activations.
     """
     with np.errstate(over="ignore"):
-        e = np.asarray(np.exp(-x))  # asarray: NumPy returns a scalar for 0-d input
+        e = np.asarray(np.negative(x))  # asarray: NumPy returns a scalar for 0-d input
+        if e.dtype.kind == "f":
+            np.exp(e, out=e)  # exp(-x) in the same buffer
+        else:
+            e = np.asarray(np.exp(e))
     e += 1
     return np.reciprocal(e, out=e)
 
@@ -346,17 +371,47 @@ def entropy(logits: Tensor) -> Tensor:
 # ----------------------------------------------------------- fused model ops
 def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
     """Llama's RMSNorm: x / sqrt(mean(x^2) + eps) * weight, over the last axis."""
-    rstd = 1.0 / np.sqrt((x.data * x.data).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
-    xhat = x.data * rstd  # (..., C)
+    if _reference or not x.data.flags.c_contiguous or x.data.dtype != weight.data.dtype:
+        return rms_norm_reference(x, weight, eps)
+    # the reference's operations in its order; the (..., C) temporaries reuse two buffers
+    buf = x.data * x.data  # (..., C)
+    rstd = 1.0 / np.sqrt(buf.mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+    if rstd.dtype != buf.dtype:  # an eps that promotes (a NumPy float64): the reference's dtypes
+        return rms_norm_reference(x, weight, eps)
+    xhat = np.multiply(x.data, rstd, out=buf)  # (..., C)
+    if not (is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        return Tensor(np.multiply(xhat, weight.data, out=xhat))
 
     def backward(dout):
-        dweight = (dout * xhat).reshape(-1, x.shape[-1]).sum(axis=0) if weight.requires_grad else None
+        if not dout.flags.c_contiguous or dout.dtype != xhat.dtype:
+            return _rms_norm_backward_reference(dout, x, weight, xhat, rstd)
+        t = dout * xhat
+        dweight = t.reshape(-1, x.shape[-1]).sum(axis=0) if weight.requires_grad else None
         dxhat = dout * weight.data
+        np.multiply(dxhat, xhat, out=t)
         # forward was: xhat = x * rstd with rstd depending on x through mean(x^2)
-        dx = rstd * (dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
-        return dx, dweight
+        np.multiply(xhat, t.mean(axis=-1, keepdims=True), out=t)
+        dxhat -= t
+        dxhat *= rstd
+        return dxhat, dweight
 
     return _op(xhat * weight.data, (x, weight), backward)
+
+
+def rms_norm_reference(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
+    """rms_norm written plainly: the oracle of the fast path above."""
+    rstd = 1.0 / np.sqrt((x.data * x.data).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+    xhat = x.data * rstd  # (..., C)
+    return _op(xhat * weight.data, (x, weight),
+               lambda dout: _rms_norm_backward_reference(dout, x, weight, xhat, rstd))
+
+
+def _rms_norm_backward_reference(dout, x, weight, xhat, rstd):
+    dweight = (dout * xhat).reshape(-1, x.shape[-1]).sum(axis=0) if weight.requires_grad else None
+    dxhat = dout * weight.data
+    # forward was: xhat = x * rstd with rstd depending on x through mean(x^2)
+    dx = rstd * (dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+    return dx, dweight
 
 
 def _rotate_half(x: np.ndarray) -> np.ndarray:
@@ -381,8 +436,30 @@ def rope_tables(positions: np.ndarray, head_dim: int, theta: float = 10000.0, dt
 
 def rope(x: Tensor, cos: np.ndarray, sin: np.ndarray) -> Tensor:
     """Rotary embedding, rotate-half convention: x*cos + rotate_half(x)*sin. x (B, H, T, D); cos, sin (B, 1, T, D)."""
+    if _reference or not x.data.dtype == cos.dtype == sin.dtype:
+        return rope_reference(x, cos, sin)
+    # the reference's x*cos + rotate_half(x)*sin, its two products and the sum in two buffers (measured:
+    # splitting the halves instead runs NumPy's inner loops over D/2 elements, slower than the copy)
+    out = x.data * cos  # (B, H, T, D)
+    rot = _rotate_half(x.data)
+    rot *= sin
+    out += rot
+
+    def backward(dout):
+        # forward is linear in x: out = x*cos + R(x)*sin, so dx = dout*cos + R^T(dout*sin)
+        if dout.dtype != cos.dtype:
+            return (dout * cos + _rotate_half_T(dout * sin),)
+        rot = _rotate_half_T(dout * sin)
+        dx = dout * cos
+        dx += rot
+        return (dx,)
+
+    return _op(out, (x,), backward)
+
+
+def rope_reference(x: Tensor, cos: np.ndarray, sin: np.ndarray) -> Tensor:
+    """rope written plainly with rotate_half: the oracle of the fast path above."""
     out = x.data * cos + _rotate_half(x.data) * sin
-    # forward is linear in x: out = x*cos + R(x)*sin, so dx = dout*cos + R^T(dout*sin)
     return _op(out, (x,), lambda dout: (dout * cos + _rotate_half_T(dout * sin),))
 
 
@@ -400,6 +477,52 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -
     `mask_bias`. Returns (B, H, T, D). Rows with no allowed key attend uniformly
     (their outputs belong to padding and are never used).
     """
+    if _reference:
+        return attention_reference(q, k, v, mask)
+    B, H, T, D = q.shape
+    K = k.shape[1]
+    if H % K:
+        raise ValueError(f"number of query heads {H} is not a multiple of key/value heads {K}")
+    G = H // K
+    scale = float(D) ** -0.5  # a Python float: NumPy 2 keeps float32 arrays float32
+    qg = q.data.reshape(B, K, G * T, D)  # query heads of a group share k and v: (B, K, G*T, D)
+    # the reference's operations in its order, in one (B, H, T, S) buffer
+    scores = (qg @ k.data.swapaxes(-1, -2)).reshape(B, H, T, -1)
+    scores *= scale  # (B, H, T, S)
+    if mask is not None:
+        blocked = ~mask if mask.dtype == bool else mask != 0  # broadcastable to (B, 1, T, S)
+        # replace, not add: a masked score is a constant (no gradient), and a row
+        # with no allowed key then attends uniformly instead of following q and k
+        np.copyto(scores, np.asarray(-1e9, dtype=scores.dtype), where=blocked)
+    scores -= scores.max(axis=-1, keepdims=True)
+    att = np.exp(scores, out=scores)
+    att /= att.sum(axis=-1, keepdims=True)  # (B, H, T, S)
+    attg = att.reshape(B, K, G * T, -1)  # (B, K, G*T, S)
+    out = (attg @ v.data).reshape(B, H, T, D)
+
+    def backward(dout):
+        doutg = dout.reshape(B, K, G * T, D)
+        # forward was: out = att @ v
+        datt = doutg @ v.data.swapaxes(-1, -2)  # (B, K, G*T, S)
+        dv = attg.swapaxes(-1, -2) @ doutg  # (B, K, S, D), summed over the group
+        # forward was: att = softmax(scores); dscores = att * (datt - sum(datt * att)) * scale, in datt's buffer
+        datt -= (datt * attg).sum(axis=-1, keepdims=True)
+        datt *= attg
+        datt *= scale
+        dscores = datt
+        if mask is not None:
+            # forward was: scores = where(allowed, scores, -1e9): masked scores get no gradient
+            np.copyto(dscores.reshape(B, H, T, -1), 0, where=blocked)
+        # forward was: scores = q @ k^T * scale
+        dq = (dscores @ k.data).reshape(B, H, T, D)
+        dk = dscores.swapaxes(-1, -2) @ qg  # (B, K, S, D)
+        return dq, dk, dv
+
+    return _op(out, (q, k, v), backward)
+
+
+def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -> Tensor:
+    """attention written plainly: the oracle of the fast path above."""
     B, H, T, D = q.shape
     K = k.shape[1]
     if H % K:
@@ -439,6 +562,30 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -
 
 def swiglu(gate: Tensor, up: Tensor) -> Tensor:
     """silu(gate) * up, Llama's gated MLP nonlinearity."""
+    if _reference:
+        return swiglu_reference(gate, up)
+    g, u = gate.data, up.data
+    sig = _sigmoid(g)
+    if not (is_grad_enabled() and (gate.requires_grad or up.requires_grad)):
+        act = np.multiply(g, sig, out=sig) if sig.dtype == np.result_type(g, sig) else g * sig
+        return Tensor(np.multiply(act, u, out=act) if act.dtype == np.result_type(act, u) else act * u)
+    act = g * sig
+
+    def backward(dout):
+        # forward was: out = silu(gate) * up, silu'(gate) = sig * (1 + gate * (1 - sig)); the reference's order
+        dsilu = np.subtract(1, sig)
+        dsilu *= g
+        dsilu += 1
+        dgate = dout * u
+        dgate *= sig
+        dgate *= dsilu
+        return dgate, dout * act
+
+    return _op(act * u, (gate, up), backward)
+
+
+def swiglu_reference(gate: Tensor, up: Tensor) -> Tensor:
+    """swiglu written plainly: the oracle of the fast path above."""
     sig = _sigmoid(gate.data)
     act = gate.data * sig
 

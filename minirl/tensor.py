@@ -144,21 +144,36 @@ class Tensor:
                 if parent.requires_grad and id(parent) not in visited:
                     stack.append((parent, False))
 
-        # 2) walk it backwards, summing the gradients each node receives
+        # 2) walk it backwards, summing the gradients each node receives. A sum made here is the
+        # tape's own array, so the next gradient for that node is added into it in place (the same
+        # a + b, without a new array); an op's gradient may be shared (add returns dout twice), so
+        # it is never written to.
         grads = {id(self): grad}
+        owned = set()  # ids of the nodes whose gradient array the tape made
+        inplace = not F._reference  # functional.reference_ops(): the plain sums, the tests' oracle
         for node in reversed(order):
-            g = grads.pop(id(node), None)
+            key = id(node)
+            g = grads.pop(key, None)
             if g is None:
                 continue
             if node._backward is None:  # a leaf: accumulate like torch
-                node.grad = g.copy() if node.grad is None else node.grad + g
+                if node.grad is not None:
+                    node.grad = node.grad + g
+                else:
+                    node.grad = g if inplace and key in owned else g.copy()
                 continue
             for parent, pg in zip(node._prev, node._backward(g)):
                 if pg is None or not parent.requires_grad:
                     continue
                 pg = unbroadcast(pg, parent.data.shape)
                 key = id(parent)
-                grads[key] = pg if key not in grads else grads[key] + pg
+                if key not in grads:
+                    grads[key] = pg
+                elif inplace and key in owned and grads[key].dtype == np.result_type(grads[key], pg):
+                    grads[key] += pg
+                else:
+                    grads[key] = grads[key] + pg
+                    owned.add(key)
 
     # ----------------------------------------------------- operator sugar
     def __add__(self, other):
