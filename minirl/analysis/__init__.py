@@ -1,5 +1,6 @@
 """What RL updates change: sparsity, rank and overlap of θ1 - θ0 (arXiv 2505.11711, 2511.08567)."""
 
+from .compare import analyze_checkpoints, check_match
 from .overlap import (
     OverlapAccumulator,
     OverlapReport,
@@ -9,6 +10,7 @@ from .overlap import (
     updated_mask,
 )
 from .rank import RankAccumulator, RankReport, rank_report, update_rank
+from .sources import open_source
 from .sparsity import (
     LAYER_COLUMNS,
     TABLE6_TOLS,
@@ -37,11 +39,14 @@ __all__ = [
     "SparsityReport",
     "UpdateReport",
     "aligned_tensors",
+    "analyze_checkpoints",
     "analyze_update",
     "cell_of",
+    "check_match",
     "compare_models",
     "compare_state_dicts",
     "density_official",
+    "open_source",
     "rank_report",
     "round_to",
     "run_overlap",
