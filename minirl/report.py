@@ -147,7 +147,8 @@ def _paper_table(r: dict) -> Table:
     if reg:
         ref = paper["relative_step"]
         t.add_row("relative step lr / rms(w)", f"~{ref:.0e} (scale matching)",
-                  f"{reg['lr_over_rms']:.2e} ({reg['lr_over_rms'] / ref:.0f}x the papers')")
+                  f"{reg['lr_over_rms']:.2e} ({reg['lr_over_rms'] / ref:.0f}x the papers'; "
+                  f"{'sparse' if sp['overall'] >= 0.5 else 'dense'} regime here: {pct(sp['overall'])} unchanged)")
     if "merge_ratio" in reg:  # online merging (paper 2): what α does is this ratio, not α itself
         ref = paper.get("merge_ratio", 1e-4)
         t.add_row("merge pull α·rms(τ_r) / rms(AdamW step)", f"~{ref:.0e} (paper 2: α 1e-7 at lr 1e-6)",
