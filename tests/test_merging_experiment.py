@@ -81,6 +81,18 @@ def test_compare_is_a_pareto_test_with_margins():
     assert compare(noisy, [point("adamw", 12.0, 0.5, "adamw", se=2.0)])[0] == "tie"  # 2 < hypot(2, 2)
 
 
+def test_a_point_between_two_learning_rates_is_a_tie_not_a_win():
+    """AdamW at an lr between two measured ones lands between them: the frontier is interpolated in tax."""
+    family = [point("adamw", 8.0, 0.0, "adamw"), point("adamw_lr0.3", 14.0, 1.0, "adamw")]
+    assert compare(point("ondare", 11.0, 0.5), family)[0] == "tie"  # exactly on the line
+    assert compare(point("ondare", 13.0, 0.5), family)[0] == "better"  # 2 points above it
+    assert compare(point("ondare", 9.5, 0.5), family)[0] == "worse"  # 1.5 points below it
+    assert "adamw .. adamw_lr0.3" in compare(point("ondare", 9.5, 0.5), family)[1]["method"]
+    # different regularisers are not a knob: no line between EMA and ChildTuning
+    regs = [point("ema", 8.0, 0.0, "regularisation"), point("childtuning", 14.0, 1.0, "regularisation")]
+    assert compare(point("ondare", 11.0, 0.5), regs)[0] == "better"
+
+
 def made_up(online=(12.0, 0.2), adamw=(10.0, 1.0)) -> MergingResult:
     rows = []
     for algorithm in ("dpo", "grpo"):
