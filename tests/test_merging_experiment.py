@@ -117,6 +117,12 @@ def test_verdicts_on_made_up_points():
     assert next(p for p in pts if p["method"] == "ondare")["seeds"] == 2
 
 
+def test_points_read_back_from_json_keep_their_sweep_as_a_tuple():
+    rows = [{**point("ondare_p0.01", 3.0, 0.0, "sweep", sweep=["reserve_rate", "ondare", 0.01]), "seed": 0}]
+    result = MergingResult(**json.loads(json.dumps({"config": {"algorithms": ["dpo"]}, "runs": rows})))
+    assert points(result)[0]["sweep"] == ("reserve_rate", "ondare", 0.01)
+
+
 def test_training_runs_cover_methods_and_sweeps():
     config = MergingConfig(algorithms=("dpo",), seeds=(0, 1), methods=("adamw", "ondare"), reserve_rates=(0.01,),
                            alphas=(0.0, 1e-3))

@@ -254,7 +254,8 @@ def points(result: MergingResult) -> list[dict]:
         tax, tax_se = _mean_se([r["tax"] for r in rows])
         ratios = [r["merge_ratio"] for r in rows if r.get("merge_ratio") is not None]
         out.append({"algorithm": algorithm, "method": method, "family": rows[0]["family"], "weight": weight,
-                    "density": density, "sweep": rows[0].get("sweep"), "seeds": len(rows),
+                    "density": density, "sweep": tuple(rows[0]["sweep"]) if rows[0].get("sweep") else None,  # JSON: list
+                    "seeds": len(rows),
                     "gain": gain, "gain_se": gain_se, "gain_min": min(r["gain"] for r in rows),
                     "gain_max": max(r["gain"] for r in rows), "tax": tax, "tax_se": tax_se,
                     "after": statistics.fmean(r["after"] for r in rows),
@@ -437,8 +438,10 @@ def figures(result: MergingResult, out: Path) -> list[Path]:
             if any(p["family"] == fam for p in mine):
                 ax.scatter([], [], c=colors[fam], label=fam)
         ax.axvline(0, color="k", lw=0.5)
-        ax.set(xlabel="alignment tax: mean drop on the other tasks (points)", ylabel="reward: gain on the task (points)",
-               title=f"{algorithm}: up and to the left is better")
+        ax.set_xscale("symlog", linthresh=1.0)  # linear to 1 point of tax, where the methods are; log beyond
+        ax.set_xlim(left=-0.3)
+        ax.set(xlabel="alignment tax: mean drop on the other tasks (points; log beyond 1)",
+               ylabel="reward: gain on the task (points)", title=f"{algorithm}: up and to the left is better")
         ax.legend(fontsize=7, loc="lower right")
     paths = [save(fig, out / "pareto.png")]
     sweep = [p for p in pts if p["sweep"]]
