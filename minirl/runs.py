@@ -462,7 +462,8 @@ def _finetune(spec: RunSpec, out, rundir: RunDir | None, progress: bool, bench_n
         measure = lambda model: {algo_cfg.task: pairwise_accuracy_of(model, heldout)}  # noqa: E731
     else:
         # bench_n given (tests): every task on that many problems; else the trained task(s) on TRAINED_N
-        n = {t: bench_n or (TRAINED_N if t in trained else BENCH_N) for t in TASKS}
+        # every task the shipped models know (the tax), and a trained task they never saw (UNSEEN_TASKS) too
+        n = {t: bench_n or (TRAINED_N if t in trained else BENCH_N) for t in dict.fromkeys([*TASKS, *trained])}
         measure = lambda model: accuracy(model, n)  # noqa: E731
     before = measure(policy)
     params = trainable_parameters(policy)

@@ -19,7 +19,7 @@ def test_reproduce_sparsity_quick_measures_every_claim(tmp_path):
     doc = json.loads((tmp_path / "sparsity.json").read_text())
     assert {(r["name"], r["seed"]) for r in doc["runs"]} == {(n, s) for n in (*ALGORITHMS, *VARIANTS)
                                                              for s in (0, 1)}
-    assert len(doc["claims"]) == 12 and {c["verdict"] for c in doc["claims"]} <= VERDICTS
+    assert len(doc["claims"]) == 13 and {c["verdict"] for c in doc["claims"]} <= VERDICTS
     for r in doc["runs"]:
         assert 0 <= r["sparsity"] <= 100 and r["bitwise"] <= r["sparsity"] + 1e-9
     # the fp32 run changes (nearly) every weight; the masked run changes only weights its mask allows
@@ -47,6 +47,7 @@ def made_up(rl=80.0, sft=10.0, kl=81.0, sub_equal=95.0) -> SparsityResult:
     for seed in (0, 1):
         runs += [run(a, seed, rl, per_tensor=tensors if a == "grpo" else None) for a in ALGORITHMS]
         runs += [run("sft_add", seed, sft), run("dpo_offline", seed, sft), run("grpo_kl", seed, kl),
+                 run("sft_sub", seed, sft), run("dpo_sub", seed, rl), run("dpo_offline_sub", seed, sft),
                  run("grpo_fp32", seed, 0.0), run("grpo_sub", seed, rl)]
     overlap = {"o1": 0.6, "o2": 0.6, "o1_random": 0.2, "o2_random": 0.2, "jaccard": 0.4, "jaccard_random": 0.1}
     return SparsityResult(
@@ -62,7 +63,7 @@ def verdict_of(rows, word):
 
 def test_the_papers_world_reproduces_every_claim():
     rows = claims(made_up())
-    assert len(rows) == 12
+    assert len(rows) == 13
     assert {c["verdict"] for c in rows} == {"reproduced"}, [c for c in rows if c["verdict"] != "reproduced"]
 
 

@@ -284,3 +284,30 @@ def test_prompt_batch():
         assert p == [TOK.bos_id] + TOK.encode("Q:" + ex.prompt + "\nA:")
     again, _ = prompt_batch(np.random.default_rng(0), TOK, get_task("reverse"), 5)
     assert again == examples
+
+
+# --- a task the shipped models never saw --------------------------------------
+
+@settings(max_examples=50, deadline=None)
+@given(seed=SEEDS)
+def test_sub_is_unseen_and_verifies(seed):
+    from minirl.tasks import UNSEEN_TASKS, SubTask
+
+    task = get_task("sub")
+    assert isinstance(task, SubTask) and "sub" in UNSEEN_TASKS and "sub" not in TASKS  # not in the tax
+    rng = np.random.default_rng(seed)
+    ex = task.sample(rng)
+    a, b = ex.prompt.split("-")
+    assert int(a) >= int(b) >= 10 and ex.answer == str(int(a) - int(b))  # 2-3 digit operands, never negative
+    assert task.reward(ex.prompt, ex.answer) == 1.0
+    wrong = task.wrong_answer(ex.prompt, rng)
+    assert wrong != ex.answer and task.reward(ex.prompt, wrong) < 1.0
+    assert max_seq_len(task) <= MAX_SEQ_LEN
+
+
+def test_sub_rejects_a_negative_difference_and_names_the_tasks():
+    task = get_task("sub")
+    with pytest.raises(ValueError, match="first not smaller"):
+        task.solve("12-345")
+    with pytest.raises(ValueError, match=r"unseen by the shipped models: \['sub'\]"):
+        get_task("mul")

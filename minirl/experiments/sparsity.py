@@ -10,6 +10,10 @@ it trains (each with its preset unless said):
                   rate as the RL runs, only the data and the loss differ (out-of-distribution data: the answers
                   are not the policy's own samples)
     dpo_offline   DPO on offline pairs (the right answer against a plausible mistake: out-of-distribution)
+    sft_sub, dpo_sub, dpo_offline_sub
+                  the same on sub (subtraction), a task neither shipped model ever saw (the SFT model scores 0 %):
+                  SFT and offline DPO on gold answers (out-of-distribution) against on-policy DPO on the policy's
+                  own answers ranked by partial credit (in-distribution; none is right, so RFT has nothing to keep)
     grpo_kl       GRPO with a KL penalty, beta 0.1 (the preset has none)
     grpo_fp32     GRPO with fp32 weights (the precision explanation)
     grpo_sub      GRPO with its gradients masked to the weights the same seed's GRPO run updated (subnetwork
@@ -46,6 +50,9 @@ VARIANTS = {
     # name: (job, overrides); "mask_from" is filled with the same seed's GRPO run
     "sft_add": ("sft", {"init": "sft", "tasks": ["add"], "lr": 1e-4, "steps": 150}),
     "dpo_offline": ("dpo", {"pairs": "offline"}),
+    "sft_sub": ("sft", {"init": "sft", "tasks": ["sub"], "lr": 1e-4, "steps": 150}),
+    "dpo_sub": ("dpo", {"task": "sub", "reward": "partial"}),
+    "dpo_offline_sub": ("dpo", {"task": "sub", "pairs": "offline"}),
     "grpo_kl": ("grpo", {"beta": 0.1}),
     "grpo_fp32": ("grpo", {"precision": "fp32"}),
     "grpo_sub": ("grpo", {"mask_from": True}),
@@ -269,9 +276,16 @@ def claims(result: SparsityResult) -> list[dict]:
                 "paper": f"RFT {dist['in_distribution']['rejection_sampling_sft']} % vs SFT "
                          f"{dist['out_of_distribution']['sft']} %; DPO on-policy {dist['in_distribution']['dpo']} % "
                          f"vs off-policy {dist['out_of_distribution']['dpo'][0]}, {dist['out_of_distribution']['dpo'][1]} %",
-                "minirl": f"RFT {_fmt(rft)} vs SFT {_fmt(sft)}; DPO on-policy {_fmt(dpo)} vs offline {_fmt(dpo_off)} "
-                          "(the SFT model's own task: no task the base never saw yet)",
+                "minirl": f"on add: RFT {_fmt(rft)} vs SFT {_fmt(sft)}; DPO on-policy {_fmt(dpo)} vs offline "
+                          f"{_fmt(dpo_off)}",
                 "verdict": _verdict(all(ahead), any(ahead))})
+    sub_id, sub_sft, sub_off = _of(result, "dpo_sub"), _of(result, "sft_sub"), _of(result, "dpo_offline_sub")
+    if sub_id and sub_sft and sub_off:
+        ahead = [sub_id["mean"] > sub_sft["mean"] + MARGIN, sub_id["mean"] > sub_off["mean"] + MARGIN]
+        out.append({"claim": "... on a task the model never saw (sub): the policy's own samples against gold answers",
+                    "paper": "as above",
+                    "minirl": f"on-policy DPO {_fmt(sub_id)} vs SFT {_fmt(sub_sft)} and offline DPO {_fmt(sub_off)}",
+                    "verdict": _verdict(all(ahead), any(ahead))})
 
     # 4) the KL penalty has limited effect
     kl = sp["kl"]

@@ -7,6 +7,7 @@
     copy      "copy abc"        "abc"    positions right, left-aligned
     max       "max 5831"        "8"      0
     count     "count a abcab"   "2"      0
+    sub       "347-85"          "262"    as add (a task the shipped models never saw: UNSEEN_TASKS)
 
 Registry key for reversal is "reverse" (the prompt says "rev" to stay short).
 Operand lengths are capped (add: 7 digits, the others: 10 characters) so that
@@ -245,18 +246,58 @@ class CountTask(Task):
         return 1
 
 
+@dataclass(frozen=True)
+class SubTask(AddTask):
+    """a - b for integers a >= b >= 0 of min_digits..max_digits digits: a task no shipped model was trained on."""
+
+    name: str = "sub"
+    """Registry key, copied into `Example.task`."""
+
+    def _sample_prompt(self, rng: np.random.Generator) -> str:
+        a, b = sorted((self._operand(rng), self._operand(rng)), reverse=True)
+        return f"{a}-{b}"
+
+    def _operands(self, prompt: str) -> tuple[str, str]:
+        a, minus, b = prompt.partition("-")
+        if not (minus and a.isdigit() and b.isdigit() and a.isascii() and b.isascii() and int(a) >= int(b)):
+            raise ValueError(f"not a 'sub' prompt: {prompt!r} (expected digits-digits, the first not smaller)")
+        return a, b
+
+    def solve(self, prompt: str) -> str:
+        a, b = self._operands(prompt)
+        return str(int(a) - int(b))
+
+    def _wrong_candidates(self, prompt, answer, rng):
+        a, b = self._operands(prompt)
+        # 1) the classic mistake: subtract digit by digit and forget every borrow; 2) the sum
+        n = max(len(a), len(b))
+        no_borrow = str(int("".join(str((int(x) - int(y)) % 10) for x, y in zip(a.zfill(n), b.zfill(n)))))
+        return [no_borrow, str(int(a) + int(b))]
+
+    @property
+    def max_answer_len(self) -> int:
+        return self.max_digits
+
+
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (AddTask(min_digits=2, max_digits=3), SortTask(), ReverseTask(), CopyTask(), MaxTask(), CountTask())
 }
-"""The registry: task name -> default task instance."""
+"""The registry: task name -> default task instance. The shipped models were pretrained and instruction-tuned on
+these, and every run's report measures the alignment tax on them."""
+
+UNSEEN_TASKS: dict[str, Task] = {t.name: t for t in (SubTask(min_digits=2, max_digits=3),)}
+"""Tasks neither shipped model ever saw (out-of-distribution data for the sparsity lab): trainable by name, and
+measured in a run's report when trained, but not part of the alignment tax."""
 
 
 def get_task(name: str) -> Task:
-    """The registered task called `name`."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
-    return TASKS[name]
+    """The registered task called `name` (one of TASKS or UNSEEN_TASKS)."""
+    task = TASKS.get(name) or UNSEEN_TASKS.get(name)
+    if task is None:
+        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}, and unseen by the shipped models: "
+                         f"{sorted(UNSEEN_TASKS)}")
+    return task
 
 
 def resolve_task(task: str | Task) -> Task:
