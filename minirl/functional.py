@@ -31,7 +31,8 @@ def reference_ops():
     """Run the plain reference of every fused op instead of its fast path (the tests' oracle).
 
     Each fast path (`rms_norm`, `rope`, `attention`, `swiglu`, beside its `*_reference`; the tape's
-    in-place gradient sums in `Tensor.backward`) does the same float32
+    in-place gradient sums in `Tensor.backward`; the model's RoPE table lookup
+    `model.rope_lookup` and its one prefill per distinct prompt `model.prefill`) does the same float32
     operations in the same order into preallocated or reused buffers, so both
     give the same bits; `tests/test_speed_bitwise.py` checks it on whole runs.
     """

@@ -13,6 +13,8 @@ H=query heads, K=key/value heads, D=head dim, V=vocabulary.
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -103,6 +105,13 @@ class KVCache:
         self.v[layer][:, :, self.length:end] = v.data
         return Tensor(self.k[layer][:, :, :end]), Tensor(self.v[layer][:, :, :end])
 
+    def take(self, rows: np.ndarray) -> "KVCache":
+        """A cache holding rows `rows` of this one (a row may repeat), at the same length."""
+        out = copy.copy(self)
+        out.k = [k[rows] for k in self.k]  # (len(rows), K, S_max, D): zeros past `length`, as in a new cache
+        out.v = [v[rows] for v in self.v]
+        return out
+
 
 class LlamaAttention(Module):
     def __init__(self, cfg: TransformerConfig, rng: np.random.Generator):
@@ -169,6 +178,23 @@ def positions_and_mask(attention_mask: np.ndarray, T: int, offset: int):
     return positions, key_ok[:, None, None, :] & causal[None, None]
 
 
+@functools.lru_cache(maxsize=16)
+def _rope_table(max_len: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin (max_len, D) of every position, computed once."""
+    cos, sin = F.rope_tables(np.arange(max_len), head_dim, theta)
+    cos.flags.writeable = sin.flags.writeable = False  # shared by every call
+    return cos, sin
+
+
+def rope_lookup(positions: np.ndarray, config: TransformerConfig) -> tuple[np.ndarray, np.ndarray]:
+    """`F.rope_tables(positions, ...)` read from a table of every position (each entry is computed alone, so the
+    bits are the same; `functional.reference_ops()` computes them afresh)."""
+    if F._reference:
+        return F.rope_tables(positions, config.head_dim, config.rope_theta)
+    cos, sin = _rope_table(config.max_position_embeddings, config.head_dim, config.rope_theta)
+    return cos[positions], sin[positions]
+
+
 class Transformer(Module):
     """LlamaForCausalLM with optional value and reward heads."""
 
@@ -203,7 +229,7 @@ class Transformer(Module):
             attention_mask = np.ones((B, offset + T), dtype=bool)
         positions, mask = positions_and_mask(np.asarray(attention_mask), T, offset)
         mask = F.mask_bias(mask)  # computed once, added in every layer
-        cos, sin = F.rope_tables(positions[:, None, :], self.config.head_dim, self.config.rope_theta)  # (B, 1, T, D)
+        cos, sin = rope_lookup(positions[:, None, :], self.config)  # (B, 1, T, D)
         x = self.model.embed_tokens(tokens)  # (B, T, C)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, mask, cache, i)
@@ -314,9 +340,8 @@ def generate(model: Transformer, prompts, max_new_tokens, rng=None, temperature=
     mask = np.concatenate([prompt_mask, np.zeros((B, N), bool)], axis=1)
     logprobs = np.zeros((B, N), np.float32)
     done = np.zeros(B, bool)
-    cache = KVCache(model.config, B, P + N)
     with no_grad():
-        logits = model(prompt_ids, prompt_mask, cache).data[:, -1]  # (B, V)
+        logits, cache = prefill(model, prompt_ids, prompt_mask, P + N)  # (B, V), the prompts' keys and values
         for t in range(N):
             logits = logits.astype(np.float64)
             if greedy:
@@ -341,6 +366,40 @@ def generate(model: Transformer, prompts, max_new_tokens, rng=None, temperature=
             logits = model(tokens[:, P + t:P + t + 1], mask[:, :P + t + 1], cache).data[:, -1]
     return Generation(tokens=tokens, attention_mask=mask, prompt_len=P,
                       completion_mask=mask[:, P:].astype(np.float32), logprobs=logprobs)
+
+
+SAME_ROWS_MIN = 16384
+"""Rows x narrowest matrix width from which `prefill` runs repeated prompts once (see there)."""
+
+
+def prefill(model: Transformer, prompt_ids: np.ndarray, prompt_mask: np.ndarray,
+            max_len: int) -> tuple[np.ndarray, KVCache]:
+    """The prompts' forward: last-position logits (B, V) and a KV cache of `max_len` holding their P positions.
+
+    A rollout repeats each prompt G times. Every op of the forward computes a
+    row from that row alone, so the forward runs once per distinct prompt (in a
+    cache of the same length, hence the same strides) and its cache rows and
+    logits are copied to the repeats: the bits are those of the whole batch's
+    forward as long as BLAS gives each row of `x @ W.T` the same bits whatever
+    the number of rows. OpenBLAS does once M·N > 1200 (below that its
+    small-matrix kernel may take over on Skylake-X), so repeats are only folded
+    when rows x the narrowest matrix is at least SAME_ROWS_MIN;
+    `tests/test_speed_bitwise.py` checks it on the machine it runs on, and
+    `functional.reference_ops()` switches it off (the plain whole-batch forward).
+    """
+    B, P = prompt_ids.shape
+    if not F._reference and B > 1:
+        key = np.concatenate([prompt_ids, prompt_mask], axis=1)  # (B, 2P): a prompt and its padding
+        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        used = model.model.parameters() + ([model.lm_head.weight] if model.lm_head is not None else [])
+        narrowest = min(min(p.shape) for p in used if p.ndim == 2)  # the matrices of the forward (not the heads)
+        if len(first) < B and len(first) * P * narrowest >= SAME_ROWS_MIN:
+            once = KVCache(model.config, len(first), max_len)
+            logits = model(prompt_ids[first], prompt_mask[first], once).data[:, -1]  # (U, V)
+            inverse = inverse.reshape(-1)  # (B,): each row's distinct prompt
+            return logits[inverse], once.take(inverse)
+    cache = KVCache(model.config, B, max_len)
+    return model(prompt_ids, prompt_mask, cache).data[:, -1], cache
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:

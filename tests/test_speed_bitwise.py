@@ -21,6 +21,31 @@ from minirl.tensor import Tensor, no_grad
 from minirl.train import train
 
 
+def _blas_rows_independent() -> bool:
+    """Whether this machine's BLAS gives each row of x @ W.T the same bits whatever rows come with it, once
+    rows x width >= SAME_ROWS_MIN: what `model.prefill` needs for its folded repeats to equal the whole batch's
+    bits (OpenBLAS on x86: yes; its small-matrix kernel, which differs, stops at M*N = 1200). Another BLAS may
+    not: there the folded prefill is as valid, with other rounding, and the bitwise tests below are skipped."""
+    from minirl.model import SAME_ROWS_MIN
+
+    rng = np.random.default_rng(5)
+    for width, inner in ((52, 64), (64, 64), (176, 64), (64, 176), (8, 64)):
+        w = rng.standard_normal((width, inner)).astype(np.float32)
+        x = rng.standard_normal((4 * SAME_ROWS_MIN // width + 64, inner)).astype(np.float32)
+        full = x @ w.T
+        for rows in (-(-SAME_ROWS_MIN // width), SAME_ROWS_MIN // width + 7, len(x) // 4, len(x) // 2):
+            for start in (0, 3):
+                if (x[start:start + rows] @ w.T).tobytes() != full[start:start + rows].tobytes():
+                    return False
+    return True
+
+
+ROWS_INDEPENDENT = _blas_rows_independent()
+needs_row_independent_blas = pytest.mark.skipif(
+    not ROWS_INDEPENDENT, reason="this BLAS gives a row other bits in a smaller batch: the folded prefill rounds "
+                                 "differently from the whole batch here (valid, not bitwise equal)")
+
+
 def _same(a: np.ndarray, b: np.ndarray) -> None:
     """Equal dtype, shape and bits (so -0.0 differs from 0.0 and NaNs are compared by payload)."""
     a, b = np.asarray(a), np.asarray(b)
@@ -122,11 +147,90 @@ def _train(reference: bool, **overrides):
     return _weights_hash(policy), [m["loss"] for m in result.history], [m["reward"] for m in result.history]
 
 
+@needs_row_independent_blas
 @pytest.mark.parametrize("overrides", [
     dict(steps=3, num_prompts=8),  # the default recipe (bf16 storage, dapo, beta 0), fewer prompts
+    dict(steps=2),  # the default recipe itself: 48 prompts x 4, the prefill once per distinct prompt
     dict(steps=2, num_prompts=6, precision="fp32", beta=0.04, num_iterations=2, temperature=0.7),  # ref and old logp
-], ids=["default", "fp32-kl-mu2"])
+], ids=["default-8-prompts", "default", "fp32-kl-mu2"])
 def test_grpo_run_is_bitwise_identical_to_the_reference(overrides):
     fast, ref = _train(False, **overrides), _train(True, **overrides)
     assert fast[1] == ref[1] and fast[2] == ref[2]
     assert fast[0] == ref[0]
+
+
+def _generation(model, prompts, reference: bool, **kwargs):
+    with F.reference_ops() if reference else _nothing():
+        gen = model.generate(prompts, **kwargs)
+    return [gen.tokens, gen.attention_mask, gen.completion_mask, gen.logprobs]
+
+
+def test_the_blas_probe_can_tell_rows_apart():
+    """The probe compares bytes: a single flipped bit in one row makes it say no."""
+    a = np.ones((3, 4), dtype=np.float32)
+    b = a.copy()
+    b[1, 2] = np.nextafter(np.float32(1), np.float32(2))
+    assert a.tobytes() != b.tobytes() and isinstance(ROWS_INDEPENDENT, bool)
+
+
+@needs_row_independent_blas
+@pytest.mark.parametrize("num_prompts,group", [(48, 4), (32, 8), (3, 4)], ids=["default", "32x8", "too-few-rows"])
+def test_sampling_repeated_prompts_is_bitwise_identical_to_the_whole_batch(num_prompts, group):
+    # the default GRPO rollout's prompts, each repeated G times: the prefill runs once per distinct prompt
+    from minirl.loading import load
+    from minirl.tasks import encode_chat, resolve_task
+
+    model = load("sft")
+    task, rng = resolve_task("add"), np.random.default_rng(3)
+    prompts = [encode_chat(model.tokenizer, ex.prompt)[0] for ex in (task.sample(rng) for _ in range(num_prompts))
+               for _ in range(group)]
+    for kwargs in (dict(greedy=True), dict(temperature=1.0), dict(temperature=0.7, top_k=5)):
+        fast, ref = (_generation(model, prompts, reference, max_new_tokens=6, rng=np.random.default_rng(9),
+                                 **kwargs) for reference in (False, True))
+        for a, b in zip(fast, ref):
+            _same(a, b)
+
+
+@needs_row_independent_blas
+@pytest.mark.parametrize("value_head", [False, True], ids=["policy", "ppo-policy"])
+def test_prefill_runs_repeats_once_and_copies_the_cache(value_head):
+    from minirl.loading import load
+    from minirl.model import KVCache, left_pad, prefill
+
+    model = load("sft", value_head=value_head or None)  # a (1, C) value head is no part of the forward
+    rng = np.random.default_rng(4)
+    distinct = [[model.tokenizer.bos_id] + rng.integers(3, 40, rng.integers(5, 12)).tolist() for _ in range(40)]
+    prompts = [distinct[i] for i in rng.integers(0, 40, 160)]  # repeats in any order, every length padded
+    ids, mask = left_pad(prompts, model.tokenizer.pad_id)
+    calls = []
+    original = type(model).__call__
+    type(model).__call__ = lambda self, *a, **k: calls.append(a[0].shape) or original(self, *a, **k)
+    try:
+        with no_grad():
+            logits, cache = prefill(model, ids, mask, ids.shape[1] + 5)
+    finally:
+        type(model).__call__ = original
+    assert calls == [(len({tuple(p) for p in prompts}), ids.shape[1])]  # one forward, of the distinct prompts
+    whole = KVCache(model.config, len(prompts), ids.shape[1] + 5)
+    with no_grad():
+        _same(logits, model(ids, mask, whole).data[:, -1])
+    assert cache.length == whole.length == ids.shape[1]
+    for layer in range(model.config.num_hidden_layers):
+        _same(cache.k[layer], whole.k[layer])
+        _same(cache.v[layer], whole.v[layer])
+
+
+@pytest.mark.parametrize("config", [dict(), dict(hidden_size=96, num_attention_heads=2, num_key_value_heads=2,
+                                                 max_position_embeddings=300, rope_theta=500000.0)],
+                         ids=["default", "d48-theta5e5"])
+def test_rope_lookup_matches_rope_tables(config):
+    # every position, in the shapes generation and training ask for: a table entry is computed alone
+    from minirl.model import TransformerConfig, rope_lookup
+
+    cfg = TransformerConfig(**config)
+    rng = np.random.default_rng(6)
+    every = np.arange(cfg.max_position_embeddings)
+    for positions in (every, every[::-1].reshape(-1, 1, 1), rng.integers(0, cfg.max_position_embeddings, (48, 1, 13)),
+                      rng.integers(0, cfg.max_position_embeddings, (192, 1, 1))):
+        for fast, ref in zip(rope_lookup(positions, cfg), F.rope_tables(positions, cfg.head_dim, cfg.rope_theta)):
+            _same(fast, ref)
