@@ -90,3 +90,21 @@ def test_planned_runs_put_the_masked_runs_last():
 def test_bad_settings_are_usage_errors(args, message):
     result = CliRunner().invoke(main, ["reproduce", "sparsity", *args])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_graded_rules_for_kl_dynamics_and_precision():
+    near = made_up(rl=10.0, kl=13.0)  # KL moves sparsity by 3 points: more than 2, less than 4
+    assert verdict_of(claims(near), "KL penalty") == "partly"
+    dense_steps = made_up()
+    dense_steps.dynamics = [{"seed": 0, "steps": [{"sparsity": 20.0}, {"sparsity": 25.0}, {"sparsity": 27.0}]}]
+    assert verdict_of(claims(dense_steps), "consecutive") == "not reproduced"  # ~74 % change per interval
+    bf16_better = made_up()
+    for r in bf16_better.runs:
+        if r["name"] == "grpo_fp32":
+            r["gain"] = 5.0  # fp32 learns less than bf16's 10: bf16 storage costs nothing
+    assert verdict_of(claims(bf16_better), "fp32 weights") == "reproduced"
+    fp32_better = made_up()
+    for r in fp32_better.runs:
+        if r["name"] == "grpo_fp32":
+            r["gain"] = 15.0  # bf16 storage costs 5 points
+    assert verdict_of(claims(fp32_better), "fp32 weights") == "partly"

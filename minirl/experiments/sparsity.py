@@ -294,7 +294,8 @@ def claims(result: SparsityResult) -> list[dict]:
     out.append({"claim": "a KL penalty has limited effect on sparsity",
                 "paper": f"GRPO with KL {kl['grpo_with_kl']} %, without {kl['grpo_without_kl']} %",
                 "minirl": f"GRPO beta 0.1 {_fmt(grpo_kl)}, beta 0 {_fmt(grpo)} (difference {diff:+.1f})",
-                "verdict": "reproduced" if abs(diff) <= MARGIN else "not reproduced"})
+                "verdict": "reproduced" if abs(diff) <= MARGIN else "partly" if abs(diff) <= 2 * MARGIN
+                else "not reproduced"})
 
     # 5) all layers similarly sparse; norms barely updated
     layers, norms, mats = _layer_stats(result)
@@ -355,7 +356,7 @@ def claims(result: SparsityResult) -> list[dict]:
                     "paper": f"about {ref} % changed",
                     "minirl": f"{_fmt(changed)} changed per {every} GRPO steps (the whole run: "
                               f"{100 - whole:.1f} % changed)",
-                    "verdict": _verdict(changed["mean"] <= 2 * ref, changed["mean"] < 100 - whole - MARGIN)})
+                    "verdict": _verdict(changed["mean"] <= 2 * ref, changed["mean"] < 50)})  # partly: a minority
 
     # 10) the precision explanation: fp32 storage makes updates dense, and costs no accuracy
     fp32, bf16_gain, fp32_gain = _of(result, "grpo_fp32", "fp32_exact"), _of(result, "grpo", "gain"), \
@@ -365,8 +366,8 @@ def claims(result: SparsityResult) -> list[dict]:
     out.append({"claim": "with fp32 weights the update is dense, and bf16 storage costs no accuracy",
                 "paper": "fp32: dense ('infinite precision', footnote 5)",
                 "minirl": f"fp32 run: {_fmt(fp32)} exactly unchanged; gain fp32 {_fmt(fp32_gain, '')} vs bf16 "
-                          f"{_fmt(bf16_gain, '')} (difference {gap:+.1f})",
-                "verdict": _verdict(fp32["mean"] < 1.0 and abs(gap) <= noise, fp32["mean"] < 1.0)})
+                          f"{_fmt(bf16_gain, '')} (fp32 - bf16 {gap:+.1f}; noise {noise:.1f})",
+                "verdict": _verdict(fp32["mean"] < 1.0 and gap <= noise, fp32["mean"] < 1.0)})
     return out
 
 
