@@ -404,10 +404,10 @@ def render_regime(result, console: Console | None = None) -> None:
                       "nothing[/]")
     t = Table(title=f"GRPO from the SFT model over {result.points[0]['seeds']} seed(s): mean (min-max)",
               title_justify="left")
-    for col in ("point", "lr / rms(w)", "sparsity %", "gain", "tax"):
+    for col in ("point", "lr / rms(w)", "eps / grad rms", "sparsity %", "gain", "tax"):
         t.add_column(col, justify="left" if col == "point" else "right")
     for p in result.points:
-        t.add_row(p["point"], f"{p['relative_step']:.1e}",
+        t.add_row(p["point"], f"{p['relative_step']:.1e}", f"{p.get('eps_over_grad', float('nan')):.0e}",
                   f"{p['sparsity']:.1f} ({p['sparsity_min']:.1f}-{p['sparsity_max']:.1f})",
                   f"{p['gain']:+.1f} ({p['gain_min']:+.1f} to {p['gain_max']:+.1f})", f"{p['tax']:+.2f}")
     console.print(t)

@@ -8,7 +8,8 @@ and the gain on add, over several seeds:
 
     lr        3e-4, 1e-4 (the preset), 3e-5, 1e-5 at 150 steps: relative steps 4.4e-3 ... 1.5e-4
     steps     1e-5 for 600 steps: a small step taken four times as often
-    eps       Adam's eps 1e-6 and 1e-5 at lr 1e-4 (the preset's 1e-8 is far below the gradients' RMS)
+    eps       Adam's eps 1e-4 and 1e-3 at lr 1e-4: the preset's 1e-8 is far below the gradients' per-weight RMS
+              (about 2e-3 here after the clip); at 1e-3 eps damps the steps of the weights with small gradients
     precision pure_bf16 (no fp32 master: a step below half a bf16 ULP is lost) at lr 1e-4 and 1e-3
 
 It answers one question with the measured grid: does a configuration exist in which a toy GRPO run both gains
@@ -34,8 +35,8 @@ POINTS = {
     "lr3e-5": ("lr", {"lr": 3e-5}),
     "lr1e-5": ("lr", {"lr": 1e-5}),
     "lr1e-5x600": ("steps", {"lr": 1e-5, "steps": 600}),
-    "eps1e-6": ("eps", {"eps": 1e-6}),
-    "eps1e-5": ("eps", {"eps": 1e-5}),
+    "eps1e-4": ("eps", {"eps": 1e-4}),
+    "eps1e-3": ("eps", {"eps": 1e-3}),
     "pure_bf16": ("precision", {"precision": "pure_bf16"}),
     "pure_bf16_lr1e-3": ("precision", {"precision": "pure_bf16", "lr": 1e-3}),
 }
@@ -72,10 +73,21 @@ def train_point(name: str, seed: int, quick: bool, out: str) -> dict:
     if quick:
         over.update(steps=32 if "steps" in over else 8, num_prompts=8)
     r = run_or_reuse("grpo", out, seed, bench_n=20 if quick else None, **over)
-    return {"point": name, "knob": POINTS[name][0], "seed": seed, **outcome(r),
+    return {"point": name, "knob": POINTS[name][0], "seed": seed, **outcome(r), "grad_rms": grad_rms(r),
             "relative_step": r["regime"]["lr_over_rms"], "lr": r["regime"]["lr"], "steps": r["steps"],
             "sparsity": 100 * r["sparsity"]["overall"], "bitwise": 100 * r["sparsity"]["bitwise"],
             "precision": r["precision"], "eps": r["config"]["optimizer"]["eps"]}
+
+
+def grad_rms(report: dict) -> float:
+    """The gradient's per-weight RMS the optimizer saw, averaged over the run: the clipped global norm (logged
+    before the clip as grad_norm) over sqrt(number of weights), what Adam's eps is compared with."""
+    from minirl.runs import RunDir
+
+    norms = [m["grad_norm"] for m in RunDir(report["run_dir"]).read_metrics() if "grad_norm" in m]
+    clip = report["config"]["train"].get("grad_clip")
+    clipped = [min(g, clip) if clip else g for g in norms]
+    return statistics.fmean(clipped) / report["sparsity"]["n_params"] ** 0.5 if clipped else float("nan")
 
 
 def _task(args):
@@ -99,6 +111,7 @@ def summarise(runs: list[dict]) -> list[dict]:
     for name in dict.fromkeys(r["point"] for r in runs):
         rows = [r for r in runs if r["point"] == name]
         point = {k: rows[0][k] for k in ("point", "knob", "relative_step", "lr", "steps", "precision", "eps")}
+        point["eps_over_grad"] = point["eps"] / statistics.fmean(r["grad_rms"] for r in rows)
         for key in ("sparsity", "gain", "tax"):
             values = [r[key] for r in rows]
             point |= {key: statistics.fmean(values), f"{key}_min": min(values), f"{key}_max": max(values)}
