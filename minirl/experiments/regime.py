@@ -10,7 +10,8 @@ and the gain on add, over several seeds:
     steps     1e-5 for 600 steps: a small step taken four times as often
     eps       Adam's eps 1e-4 and 1e-3 at lr 1e-4: the preset's 1e-8 is far below the gradients' per-weight RMS
               (about 2e-3 here after the clip); at 1e-3 eps damps the steps of the weights with small gradients
-    precision pure_bf16 (no fp32 master: a step below half a bf16 ULP is lost) at lr 1e-4 and 1e-3
+    precision pure_bf16 (no fp32 master: a step below half a bf16 ULP is lost) at lr 1e-4 (150 and 300 steps),
+              2e-4 and 1e-3
 
 It answers one question with the measured grid: does a configuration exist in which a toy GRPO run both gains
 at least 10 points and is at least 50 % sparse?
@@ -38,6 +39,8 @@ POINTS = {
     "eps1e-4": ("eps", {"eps": 1e-4}),
     "eps1e-3": ("eps", {"eps": 1e-3}),
     "pure_bf16": ("precision", {"precision": "pure_bf16"}),
+    "pure_bf16_lr2e-4": ("precision", {"precision": "pure_bf16", "lr": 2e-4}),
+    "pure_bf16x300": ("precision", {"precision": "pure_bf16", "steps": 300}),
     "pure_bf16_lr1e-3": ("precision", {"precision": "pure_bf16", "lr": 1e-3}),
 }
 """The grid: each point a knob turned away from the GRPO preset (lr 1e-4, eps 1e-8, bf16 with fp32 master)."""
@@ -71,7 +74,7 @@ def train_point(name: str, seed: int, quick: bool, out: str) -> dict:
     """One GRPO run of a grid point: relative step, sparsity, gain, tax."""
     over = dict(POINTS[name][1])
     if quick:
-        over.update(steps=32 if "steps" in over else 8, num_prompts=8)
+        over.update(steps=32 if over.get("steps", 0) > 150 else 8, num_prompts=8)
     r = run_or_reuse("grpo", out, seed, bench_n=20 if quick else None, **over)
     return {"point": name, "knob": POINTS[name][0], "seed": seed, **outcome(r), "grad_rms": grad_rms(r),
             "relative_step": r["regime"]["lr_over_rms"], "lr": r["regime"]["lr"], "steps": r["steps"],
