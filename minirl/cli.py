@@ -123,7 +123,8 @@ def _job_command(group, name: str, summary: str, details: str, exclude=()):
 common_options = [
     click.option("--config", type=click.Path(dir_okay=True), default=None,
                  help="A TOML file of settings (sections as in a run's config.toml; a run directory's "
-                      "config.toml reruns that run). Options typed on the command line win."),
+                      "config.toml reruns that run), or `paper`: the papers' sparse regime (pure bf16 weights, "
+                      "twice the steps; minirl/presets/paper/). Options typed on the command line win."),
     click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
                  help="Continue this interrupted run directory from its checkpoints/last, with its own config."),
     click.option("--out", type=click.Path(file_okay=False), default=None,

@@ -223,6 +223,22 @@ def command_of(name: str) -> str:
     return "pretrain" if name == "pretrain" else f"run {name}"
 
 
+NAMED_CONFIGS = ("paper",)
+"""`--config NAME` for these reads minirl/presets/NAME/<job>.toml: a variant of every algorithm's preset."""
+
+
+def named_config(name: str, config) -> Path:
+    """The TOML file `--config` names: a path, or a named variant of job `name`'s preset (`--config paper`)."""
+    if str(config) in NAMED_CONFIGS and not Path(config).exists():
+        path = PRESETS_DIR / str(config) / f"{name}.toml"
+        if not path.is_file():
+            have = sorted(p.stem for p in (PRESETS_DIR / str(config)).glob("*.toml"))
+            raise ValueError(f"--config {config}: there is no {config} preset for `minirl {command_of(name)}` "
+                             f"(there is one for: {', '.join(have)})")
+        return path
+    return Path(config)
+
+
 def preset(name: str) -> dict:
     """The preset of job `name` as a dict (minirl/presets/<name>.toml)."""
     return load_toml(PRESETS_DIR / f"{name}.toml")
@@ -286,6 +302,7 @@ def resolve(name: str, config=None, **overrides) -> RunSpec:
     values = {sec: {} for sec in classes}
     init = _merge(values, preset(name), f"preset {name}.toml", name, classes)
     if config is not None:
+        config = named_config(name, config)
         init = _merge(values, load_toml(config), str(config), name, classes) or init
     for key, value in overrides.items():
         if key == "init":

@@ -111,3 +111,15 @@ def test_a_file_for_something_else_is_refused_naming_it(tmp_path, text, message)
 def test_an_unknown_setting_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown setting 'learning_rate' for `minirl run grpo`; known: init, beta"):
         runs.resolve("grpo", learning_rate=1e-4)
+
+
+def test_the_paper_preset_layers_pure_bf16_and_twice_the_steps_over_every_algorithm():
+    from minirl import runs
+
+    for name in ("grpo", "ppo", "dpo", "kto", "simpo", "orpo", "rft", "reinforce", "rloo", "ipo"):
+        default, paper = runs.resolve(name), runs.resolve(name, "paper")
+        assert paper["train"].precision == "pure_bf16" and paper["train"].steps == 2 * default["train"].steps
+        assert paper["optimizer"].lr == default["optimizer"].lr and paper[name] == default[name]
+    assert runs.resolve("grpo", "paper", steps=7)["train"].steps == 7  # typed options still win
+    with pytest.raises(ValueError, match="no paper preset for `minirl run sft`"):
+        runs.resolve("sft", "paper")
