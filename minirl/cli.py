@@ -327,9 +327,9 @@ def reproduce_perl(quick, seeds, ranks, jobs, workers, out, as_json):
 @click.option("--seeds", default=None, help="Comma-separated seeds, at least two [default: 0,1,2; quick: 0,1].")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Runs at once.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Directory for the runs, sparsity.json, report.md and the figures "
+              help="Directory for the runs, report.json, report.md and the figures "
                    "[default: runs/reproduce-sparsity-<time>].")
-@click.option("--json", "as_json", is_flag=True, help="Print sparsity.json on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
 def reproduce_sparsity(quick, seeds, workers, out, as_json):
     """RL fine-tunes small subnetworks (arXiv 2505.11711): each claim of paper 1 as an experiment with a verdict.
 
@@ -350,7 +350,7 @@ def reproduce_sparsity(quick, seeds, workers, out, as_json):
     title = "Paper 1's claims (Mukherjee et al. 2025, arXiv 2505.11711) beside minirl"
     _reproduce_run("sparsity", run_sparsity, config, out, as_json,
                    lambda result: render_claims(result.claims, title, quick=quick),
-                   ("sparsity.json", "report.md", "sparsity.png", "overlap.png", "dynamics.png"))
+                   ("report.json", "report.md", "sparsity.png", "overlap.png", "dynamics.png"))
 
 
 @reproduce.command("regime")

@@ -16,7 +16,7 @@ VERDICTS = {"reproduced", "partly", "not reproduced"}
 def test_reproduce_sparsity_quick_measures_every_claim(tmp_path):
     result = CliRunner().invoke(main, ["reproduce", "sparsity", "--quick", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    doc = json.loads((tmp_path / "sparsity.json").read_text())
+    doc = json.loads((tmp_path / "report.json").read_text())
     assert {(r["name"], r["seed"]) for r in doc["runs"]} == {(n, s) for n in (*ALGORITHMS, *VARIANTS)
                                                              for s in (0, 1)}
     assert len(doc["claims"]) == 13 and {c["verdict"] for c in doc["claims"]} <= VERDICTS

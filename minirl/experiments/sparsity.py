@@ -184,7 +184,7 @@ class SparsityResult:
 
 
 def run_sparsity(config: SparsityConfig, out: Path, progress=None) -> SparsityResult:
-    """Every run (in `config.workers` processes), the checkpoint measurements, the claims; writes sparsity.json,
+    """Every run (in `config.workers` processes), the checkpoint measurements, the claims; writes report.json,
     report.md and the figures into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,7 +216,7 @@ def run_sparsity(config: SparsityConfig, out: Path, progress=None) -> SparsityRe
                                                                      by[("grpo", s)]["checkpoint"])})
     result.claims = claims(result)
     result.wall_seconds = time.perf_counter() - start
-    (out / "sparsity.json").write_text(json.dumps(asdict(result), indent=2))
+    (out / "report.json").write_text(json.dumps(asdict(result), indent=2))
     figures = draw(result, out)
     (out / "report.md").write_text(markdown(result, figures))
     return result
