@@ -383,8 +383,10 @@ def prefill(model: Transformer, prompt_ids: np.ndarray, prompt_mask: np.ndarray,
     forward as long as BLAS gives each row of `x @ W.T` the same bits whatever
     the number of rows. OpenBLAS does once M·N > 1200 (below that its
     small-matrix kernel may take over on Skylake-X), so repeats are only folded
-    when rows x the narrowest matrix is at least SAME_ROWS_MIN;
-    `tests/test_speed_bitwise.py` checks it on the machine it runs on, and
+    when rows x the narrowest matrix is at least SAME_ROWS_MIN. Another BLAS
+    may round a row differently in a smaller batch: the folded prefill is then
+    as valid, with other rounding (still deterministic), and
+    `tests/test_speed_bitwise.py` probes for it and skips its bitwise checks.
     `functional.reference_ops()` switches it off (the plain whole-batch forward).
     """
     B, P = prompt_ids.shape
