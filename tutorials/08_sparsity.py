@@ -450,9 +450,10 @@ assert len(plan) == 3 * (len(ALGORITHMS) + len(VARIANTS)) and plan[-1]["name"] =
 # 2. **SFT is dense**: SFT's mean ≤ 15 + 2 % *and* the RL mean above it by
 #    more than 2 points; one of the two, partly.
 # 3. **in-distribution data is sparser**: RFT sparser than SFT and on-policy
-#    DPO sparser than offline DPO, both by more than 2 points; one, partly.
+#    DPO sparser than offline DPO, both by more than 2 points; one, partly
+#    (and the same on `sub`, a task the model never saw, when it was run).
 # 4. **the KL penalty has little effect**: GRPO with β 0.1 within 2 points
-#    of GRPO without.
+#    of GRPO without; within 4, partly.
 # 5. **layers alike, norms barely updated**: GRPO's layers within 4 points
 #    of each other *and* norm weights sparser than matrices by 2 points;
 #    one of the two, partly.
@@ -464,11 +465,11 @@ assert len(plan) == 3 * (len(ALGORITHMS) + len(VARIANTS)) and plan[-1]["name"] =
 #    full run's at tol 1e-5, and a gain no worse than the full run's (within
 #    the seeds' spread); the gain alone, partly.
 # 9. **few weights change between checkpoints**: at most twice the paper's
-#    7 % changed between consecutive checkpoints 25 steps apart; fewer than
-#    over the whole run (by 2 points), partly.
+#    7 % changed between consecutive checkpoints 25 steps apart; a minority
+#    (under 50 %), partly.
 # 10. **the precision explanation**: the fp32 run < 1 % exactly unchanged
-#     and its gain equal to the bf16 run's within the noise; the first
-#     alone, partly.
+#     and its gain no better than the bf16 run's beyond the noise (bf16
+#     storage costs nothing); the first alone, partly.
 #
 # The full run takes about 15 minutes on two cores, so here the rules get
 # made-up numbers instead: a world in which the paper's story holds, and a
@@ -499,7 +500,7 @@ def made_up_world(rl: float, sft: float, kl: float, o1: float, chance: float, su
 
 
 papers_world = claims(made_up_world(rl=80, sft=10, kl=81, o1=0.6, chance=0.2, sub_equal=95, between=7))
-dense_world = claims(made_up_world(rl=15, sft=3, kl=15.5, o1=0.87, chance=0.83, sub_equal=60, between=50))
+dense_world = claims(made_up_world(rl=15, sft=3, kl=15.5, o1=0.87, chance=0.83, sub_equal=60, between=40))
 print(f"{'claim':<60} {'paper-like':>14} {'dense toy':>14}")
 for a, b in zip(papers_world, dense_world):
     print(f"{textwrap.shorten(a['claim'], 60):<60} {a['verdict']:>14} {b['verdict']:>14}")
@@ -519,7 +520,7 @@ assert verdict(dense_world, "small subnetwork") == "not reproduced"  # 15 % is f
 assert verdict(dense_world, "SFT updates are dense") == "reproduced"  # 3 % is dense, and RL 15 % is above it
 assert verdict(dense_world, "different seeds") == "reproduced"  # 87 % against chance 83 %: more than 2 points
 assert verdict(dense_world, "subnetwork reproduces") == "partly"  # same gain, but only 60 % of weights equal
-assert verdict(dense_world, "consecutive checkpoints") == "partly"  # 50 % changed: fewer than the run's 85 %
+assert verdict(dense_world, "consecutive checkpoints") == "partly"  # 40 % changed: a minority, not the paper's 7 %
 assert MARGIN == 2.0
 
 # %% [markdown]
