@@ -219,6 +219,7 @@ def test_trl_round_trip_report_beside_minirl(tmp_path):
     run = tmp_path / "g2"
     rl("grpo", out=run, progress=False, bench_n=5, steps=2, num_prompts=2, num_generations=2, reward="partial")
     out, _, _ = export_trl(run, tmp_path / "g2-trl")
+    assert "minirl report output --beside RUN" in (out / "README.md").read_text()  # the way back, as documented
     run_train(out)
     result = CliRunner().invoke(main, ["report", str(out / "output"), "--beside", str(run), "--bench-n", "5",
                                        "--brief"], terminal_width=160)

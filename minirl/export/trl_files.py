@@ -242,6 +242,7 @@ def readme(spec, trainer: str, config_class: str, n_rows: int, model: str | None
         "```",
         "minirl eval output            # greedy accuracy on the held-out problems",
         "minirl analyze model output   # update sparsity, rank, per matrix",
+        "minirl report output --beside RUN   # all of it, beside minirl's own run RUN of this recipe",
         "```",
         "",
         "(For a `--model` run, `minirl analyze` reads the two Hugging Face directories; `minirl eval` needs "
