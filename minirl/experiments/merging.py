@@ -158,25 +158,28 @@ def train_run(run: dict, quick: bool, out: str) -> dict:
     return {"algorithm": run["algorithm"], "method": run["method"], "seed": run["seed"],
             "family": METHODS.get(run["method"], ("sweep",))[0], "sweep": run.get("sweep"), **outcome(r),
             "sparsity": 100 * r["sparsity"]["overall"], "merge_ratio": r["regime"].get("merge_ratio"),
-            "checkpoint": r["checkpoint"], "n": r["accuracy"]["n"]}
+            "checkpoint": r["checkpoint"], "n": r["accuracy"]["n"], "accuracy_before": r["accuracy"]["before"]}
 
 
-def offline_merges(algorithm: str, seed: int, checkpoint: str, weights, densities, n: dict) -> list[dict]:
-    """The AdamW policy merged with the SFT model (base: the shipped base), each grid point measured like a run."""
+def offline_merges(algorithm: str, seed: int, checkpoint: str, weights, densities, n: dict,
+                   before: dict[str, float]) -> list[dict]:
+    """The AdamW policy merged with the SFT model (base: the shipped base), each grid point measured like a run
+    against `before`, the SFT model's accuracies its run measured on the same problems."""
     from minirl import runs
+    from minirl.checkpoint import load_checkpoint
     from minirl.loading import load, resolve
     from minirl.merging import merge
 
-    base, sft = str(resolve("base")), str(resolve("sft"))
+    # the three models read once, not once per grid point
+    base, policy, sft = (load_checkpoint(resolve(p))[0] for p in ("base", checkpoint, "sft"))
     model = load("sft")
     params = dict(model.named_parameters())
-    before = runs.accuracy(model, n)
     task = runs.resolve(algorithm)[algorithm].task
     rows = []
     for method in OFFLINE_METHODS:
         for density in (1.0,) if method == "linear" else densities:
             for w in weights:
-                merged = merge(base, [checkpoint, sft], [w, 1.0 - w], method, density, seed=seed)
+                merged = merge(base, [policy, sft], [w, 1.0 - w], method, density, seed=seed)
                 for name, p in params.items():
                     p.data[...] = merged[name]
                 rows.append({"algorithm": algorithm, "method": f"{method}", "family": "offline", "seed": seed,
@@ -219,8 +222,8 @@ def run_merging(config: MergingConfig, out: Path, progress=None) -> MergingResul
             if progress:
                 progress(f"[{i + 1}/{len(tasks)}] {row['algorithm']} {row['method']} seed {row['seed']}: "
                          f"gain {row['gain']:+.1f}, tax {row['tax']:+.2f}")
-        finals = [(r["algorithm"], r["seed"], r["checkpoint"], config.weights, config.densities, r["n"])
-                  for r in result.runs if r["method"] == "adamw"]
+        finals = [(r["algorithm"], r["seed"], r["checkpoint"], config.weights, config.densities, r["n"],
+                   r["accuracy_before"]) for r in result.runs if r["method"] == "adamw"]
         for rows in pool.map(_offline_task, finals):
             result.offline.extend(rows)
             if progress:
