@@ -358,25 +358,28 @@ def reproduce_sparsity(quick, seeds, workers, out, as_json):
                                             "its numbers mean nothing.")
 @click.option("--seeds", default=None, help="Comma-separated seeds [default: 0,1,2; quick: 0].")
 @click.option("--points", default=None, help="Comma-separated grid points [default: all: " + ", ".join(REGIME_POINTS)
-              + "].")
+              + "; quick: every knob and two widths].")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Runs at once.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Directory for the runs, regime.json and regime.png [default: runs/reproduce-regime-<time>].")
 @click.option("--json", "as_json", is_flag=True, help="Print regime.json on stdout.")
 def reproduce_regime(quick, seeds, points, workers, out, as_json):
-    """The regime map: update sparsity and gain of GRPO against lr / rms(w), steps, Adam's eps and precision.
+    """The regime map: update sparsity and gain of GRPO against lr / rms(w), steps, Adam's eps, precision and width.
 
     \b
     Answers: does a toy run exist that gains >= 10 points on add and is >= 50 % sparse (bf16, tol 1e-5)?
+    The width axis (points w32_*, w96_*, w128_*: the shipped SFT models of those widths) finds, per width, the lr
+    at which GRPO first gains 10 points and the sparsity there, and extrapolates both to width 4096.
     Rerun with the same --out after an interruption: finished runs are read back.
     """
-    from minirl.experiments.regime import RegimeConfig, run_regime
+    from minirl.experiments.regime import QUICK_POINTS, RegimeConfig, run_regime
     from minirl.report import render_regime
 
     config = _reproduce_config(RegimeConfig, quick, workers,
                                seeds=_int_list(seeds) if seeds else ((0,) if quick else None),
-                               points=tuple(p.strip() for p in points.split(",") if p.strip()) if points else None)
-    _reproduce_run("regime", run_regime, config, out, as_json, render_regime, ("regime.json", "regime.png"))
+                               points=tuple(p.strip() for p in points.split(",") if p.strip()) if points else
+                               (QUICK_POINTS if quick else None))
+    _reproduce_run("regime", run_regime, config, out, as_json, render_regime, ("regime.json", "regime.png", "widths.png"))
 
 
 def _float_list(text: str, param: str) -> tuple[float, ...]:

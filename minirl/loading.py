@@ -20,8 +20,9 @@ from minirl.model import Transformer, TransformerConfig
 from minirl.tasks import CharTokenizer
 
 MODELS_DIR = Path(__file__).parent / "models"
-SHIPPED = ("base", "sft")
-"""Names of the models that ship inside the package."""
+SHIPPED = ("base", "sft", "sft-w32", "sft-w96", "sft-w128")
+"""Names of the models that ship inside the package: the base model and its SFT model (width 64), and SFT models
+of widths 32, 96 and 128 for the regime map's width axis (`minirl reproduce regime`; minirl/presets/widths/)."""
 
 
 def resolve(name_or_path) -> Path:

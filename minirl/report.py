@@ -407,10 +407,13 @@ def render_regime(result, console: Console | None = None) -> None:
     for col in ("point", "lr / rms(w)", "eps / grad rms", "sparsity %", "gain", "tax"):
         t.add_column(col, justify="left" if col == "point" else "right")
     for p in result.points:
+        if p["knob"] == "width":
+            continue  # the width table below
         t.add_row(p["point"], f"{p['relative_step']:.1e}", f"{p.get('eps_over_grad', float('nan')):.0e}",
                   f"{p['sparsity']:.1f} ({p['sparsity_min']:.1f}-{p['sparsity_max']:.1f})",
                   f"{p['gain']:+.1f} ({p['gain_min']:+.1f} to {p['gain_max']:+.1f})", f"{p['tax']:+.2f}")
     console.print(t)
+    render_widths(getattr(result, "widths", {}), console)
     a = result.answer
     if a["exists"]:
         console.print(f"[green]a toy run can be both: {', '.join(a['points'])} gained >= {GAIN_BAR:g} points and was "
@@ -421,6 +424,38 @@ def render_regime(result, console: Console | None = None) -> None:
                 f"no point gained >= {GAIN_BAR:g} in every seed")
         console.print(f"[red]no grid point both gained >= {GAIN_BAR:g} points and was >= {SPARSITY_BAR:g} % sparse in "
                       f"every seed[/]; {best}; the sparsest point: {a['sparsest']}")
+
+
+def render_widths(trend: dict, console: Console) -> None:
+    """The width axis of `minirl reproduce regime`: per width the gain at each lr, where it first reaches the gain
+    bar and the sparsity there, the paper preset, and the straight-line extrapolation to width 4096."""
+    from minirl.experiments.regime import GAIN_BAR
+
+    if len(trend.get("widths", [])) < 2:
+        return
+    t = Table(title=f"the width axis: GRPO (fp32 master, bf16 storage, 150 steps) from each width's SFT model; "
+                    f"'+{GAIN_BAR:g} at' is the lr where the mean gain first reaches +{GAIN_BAR:g} (log-interpolated)",
+              title_justify="left")
+    for col in ("width", "rms(w)", "gain at lr 3e-4 / 1e-4 / 3e-5 / 1e-5", f"+{GAIN_BAR:g} at lr", "lr / rms(w)",
+                "sparsity there", "paper preset: sparsity, gain"):
+        t.add_column(col, justify="right")
+    for r in trend["widths"]:
+        gains = dict(zip(r["lrs"], r["gains"]))
+        cells = " / ".join(f"{gains[lr]:+.1f}" if lr in gains else "-" for lr in (3e-4, 1e-4, 3e-5, 1e-5))
+        n = r["needed"]
+        need = ("-", "-", "-") if not n else ((n["bound"] + " " if n["bound"] else "") + f"{n['lr']:.1e}",
+                                               f"{n['relative_step']:.1e}", f"{n['sparsity']:.1f} %")
+        paper = f"{r['paper_sparsity']:.1f} %, {r['paper_gain']:+.1f}" if "paper_sparsity" in r else "-"
+        t.add_row(str(r["width"]), f"{r['rms_w']:.4f}" if r["rms_w"] else "-", cells, *need, paper)
+    console.print(t)
+    if "predicted_sparsity" in trend:
+        console.print(f"fit over widths {', '.join(map(str, trend['fitted_widths']))}: the lr needed scales as "
+                      f"width^{trend['lr_slope']:.2f}, the relative step as width^{trend['relative_step_slope']:.2f}, "
+                      f"and the sparsity there changes {trend['sparsity_per_doubling']:+.1f} points per doubling; "
+                      f"extrapolated to width {trend['predict_width']}: lr {trend['predicted_lr']:.1e} (relative step "
+                      f"{trend['predicted_relative_step']:.1e}), {trend['predicted_sparsity']:.0f} % sparse "
+                      f"(a straight line carried {math.log2(trend['predict_width'] / max(trend['fitted_widths'])):.0f} "
+                      f"doublings past the data)")
 
 
 def render_trl(r: dict, console: Console | None = None, detail: bool = True) -> None:

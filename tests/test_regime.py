@@ -1,12 +1,13 @@
 """`minirl reproduce regime`: the quick grid end to end, and the answer's rule on made-up points."""
 
 import json
+import math
 
 import pytest
 from click.testing import CliRunner
 
 from minirl.cli import main
-from minirl.experiments.regime import POINTS, answer, summarise
+from minirl.experiments.regime import POINTS, QUICK_POINTS, answer, crossing, summarise, width_trend
 
 
 @pytest.mark.slow
@@ -14,7 +15,7 @@ def test_reproduce_regime_quick_runs_the_grid(tmp_path):
     result = CliRunner().invoke(main, ["reproduce", "regime", "--quick", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "regime.json").read_text())
-    assert [p["point"] for p in doc["points"]] == list(POINTS)
+    assert [p["point"] for p in doc["points"]] == list(QUICK_POINTS)
     by = {p["point"]: p for p in doc["points"]}
     assert by["lr3e-4"]["relative_step"] == pytest.approx(30 * by["lr1e-5"]["relative_step"])
     assert by["pure_bf16"]["precision"] == "pure_bf16" and by["eps1e-3"]["eps"] == 1e-3
@@ -22,6 +23,10 @@ def test_reproduce_regime_quick_runs_the_grid(tmp_path):
     # a step below half a bf16 ULP is lost without a master copy: pure bf16 at the preset's lr is the sparser
     assert by["pure_bf16"]["sparsity"] > by["lr1e-4"]["sparsity"]
     assert isinstance(doc["answer"]["exists"], bool) and "--quick: a smoke" in result.output
+    # the width axis: each width's own SFT model, its own weights' RMS in the relative step
+    assert {p["width"] for p in doc["points"]} == {32, 64, 128} and by["w128_lr1e-4"]["lr"] == by["lr1e-4"]["lr"]
+    assert by["w128_lr1e-4"]["relative_step"] != by["lr1e-4"]["relative_step"]
+    assert [w["width"] for w in doc["widths"]["widths"]] == [32, 64, 128] and "the width axis" in result.output
 
 
 def row(point, seed, sparsity, gain):
@@ -47,3 +52,35 @@ def test_grad_rms_is_the_clipped_norm_per_weight(tmp_path):
     norms = [m["grad_norm"] for m in runs.RunDir(r["run_dir"]).read_metrics()]
     want = sum(min(g, 1.0) for g in norms) / len(norms) / r["sparsity"]["n_params"] ** 0.5
     assert grad_rms(r) == pytest.approx(want) and 0 < want < 1e-2
+
+
+def curve_point(width, lr, gain, sparsity, precision="bf16", steps=150):
+    name = {3e-4: "lr3e-4", 1e-4: "lr1e-4", 3e-5: "lr3e-5", 1e-5: "lr1e-5"}[lr]
+    return {"point": name if width == 64 else f"w{width}_{name}", "width": width, "lr": lr,
+            "relative_step": lr / 0.05, "gain": gain, "sparsity": sparsity, "precision": precision, "steps": steps,
+            "gain_min": gain}
+
+
+def test_crossing_interpolates_in_log_lr_and_flags_bounds():
+    curve = [curve_point(64, 1e-5, 5, 30), curve_point(64, 1e-4, 15, 10)]
+    c = crossing(curve)
+    assert c["lr"] == pytest.approx(10 ** -4.5) and c["sparsity"] == pytest.approx(20) and c["bound"] is None
+    assert crossing(curve, bar=20) is None
+    assert crossing(curve, bar=4) == {"lr": 1e-5, "relative_step": 2e-4, "sparsity": 30, "bound": "at most"}
+
+
+def test_width_trend_fits_and_extrapolates_a_made_up_power_law():
+    # gain linear in log lr; the lr needed halves and the sparsity there grows 10 points with each doubling
+    pts = []
+    for k, width in enumerate((32, 64, 128)):
+        needed = 1e-4 / 2 ** k
+        pts += [curve_point(width, lr, 10 + 10 * math.log10(lr / needed), 20 + 10 * k - 5 * math.log10(lr / needed))
+                for lr in (3e-4, 1e-4, 3e-5, 1e-5)]
+    pts.append(curve_point(128, 1e-4, 12.0, 61.0, precision="pure_bf16", steps=300))
+    trend = width_trend(pts)
+    assert trend["fitted_widths"] == [32, 64, 128]
+    assert trend["lr_slope"] == pytest.approx(-1, abs=1e-9)
+    assert trend["sparsity_per_doubling"] == pytest.approx(10, abs=1e-9)
+    assert trend["predicted_lr"] == pytest.approx(1e-4 / 2 ** 7)
+    assert trend["predicted_sparsity"] == pytest.approx(90)  # 20 at width 32, + 10 x 7 doublings
+    assert trend["widths"][2]["paper_sparsity"] == 61.0 and "paper_sparsity" not in trend["widths"][0]

@@ -20,6 +20,7 @@ at least 10 points and is at least 50 % sparse?
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +45,19 @@ POINTS = {
     "pure_bf16_lr1e-3": ("precision", {"precision": "pure_bf16", "lr": 1e-3}),
 }
 """The grid: each point a knob turned away from the GRPO preset (lr 1e-4, eps 1e-8, bf16 with fp32 master)."""
+WIDTHS = {32: "sft-w32", 64: "sft", 96: "sft-w96", 128: "sft-w128"}
+"""The width axis: hidden size -> the SFT model GRPO starts from (each made as minirl/presets/widths/ records, its
+SFT run long enough that greedy add accuracy is near the shipped model's 40 %)."""
+WIDTH_LRS = {"lr3e-4": 3e-4, "lr1e-4": 1e-4, "lr3e-5": 3e-5, "lr1e-5": 1e-5}
+"""The learning rates every width is trained at (width 64: the lr points above)."""
+for _w, _init in WIDTHS.items():
+    if _w != 64:
+        POINTS |= {f"w{_w}_{name}": ("width", {"init": _init, "lr": lr}) for name, lr in WIDTH_LRS.items()}
+        POINTS[f"w{_w}_pure_bf16x300"] = ("width", {"init": _init, "precision": "pure_bf16", "steps": 300})
+QUICK_POINTS = tuple(n for n in POINTS if POINTS[n][0] != "width") + ("w32_lr1e-4", "w128_lr1e-4", "w128_lr1e-5")
+"""--quick's grid: every knob, the width axis at two widths."""
+PREDICT_WIDTH = 4096
+"""The width the trend is extrapolated to (a 7B Llama's hidden size)."""
 GAIN_BAR, SPARSITY_BAR = 10.0, 50.0
 """The issue's question: a run that gains at least 10 points and is at least 50 % sparse."""
 
@@ -76,10 +90,17 @@ def train_point(name: str, seed: int, quick: bool, out: str) -> dict:
     if quick:
         over.update(steps=32 if over.get("steps", 0) > 150 else 8, num_prompts=8)
     r = run_or_reuse("grpo", out, seed, bench_n=20 if quick else None, **over)
-    return {"point": name, "knob": POINTS[name][0], "seed": seed, **outcome(r), "grad_rms": grad_rms(r),
+    return {"point": name, "knob": POINTS[name][0], "width": width_of(name), "seed": seed, **outcome(r),
+            "grad_rms": grad_rms(r),
             "relative_step": r["regime"]["lr_over_rms"], "lr": r["regime"]["lr"], "steps": r["steps"],
             "sparsity": 100 * r["sparsity"]["overall"], "bitwise": 100 * r["sparsity"]["bitwise"],
             "precision": r["precision"], "eps": r["config"]["optimizer"]["eps"]}
+
+
+def width_of(point: str) -> int:
+    """The hidden size of the model a grid point starts from."""
+    init = POINTS[point][1].get("init", "sft")
+    return next(w for w, name in WIDTHS.items() if name == init)
 
 
 def grad_rms(report: dict) -> float:
@@ -105,6 +126,7 @@ class RegimeResult:
     runs: list[dict] = field(default_factory=list)
     points: list[dict] = field(default_factory=list)
     answer: dict = field(default_factory=dict)
+    widths: dict = field(default_factory=dict)
     wall_seconds: float = 0.0
 
 
@@ -114,6 +136,7 @@ def summarise(runs: list[dict]) -> list[dict]:
     for name in dict.fromkeys(r["point"] for r in runs):
         rows = [r for r in runs if r["point"] == name]
         point = {k: rows[0][k] for k in ("point", "knob", "relative_step", "lr", "steps", "precision", "eps")}
+        point["width"] = rows[0].get("width", 64)
         point["eps_over_grad"] = point["eps"] / statistics.fmean(r["grad_rms"] for r in rows)
         for key in ("sparsity", "gain", "tax"):
             values = [r[key] for r in rows]
@@ -133,6 +156,72 @@ def answer(points: list[dict]) -> dict:
             "sparsest": max(points, key=lambda p: p["sparsity"])["point"] if points else None}
 
 
+def lr_curve(points: list[dict], width: int) -> list[dict]:
+    """The fp32-master (bf16 storage), 150-step points of one width, by increasing lr."""
+    names = set(WIDTH_LRS) if width == 64 else {f"w{width}_{n}" for n in WIDTH_LRS}
+    return sorted((p for p in points if p["point"] in names), key=lambda p: p["lr"])
+
+
+def crossing(curve: list[dict], bar: float = GAIN_BAR) -> dict | None:
+    """Where the mean gain first reaches `bar` going up in lr, interpolated in log lr between the two points that
+    bracket it (sparsity and relative step interpolated alike); `bound` names a crossing outside the grid (the
+    smallest lr already gains `bar`: an upper bound on the lr needed). None when no lr reaches it."""
+    for i, p in enumerate(curve):
+        if p["gain"] < bar:
+            continue
+        if i == 0:
+            return {"lr": p["lr"], "relative_step": p["relative_step"], "sparsity": p["sparsity"], "bound": "at most"}
+        q = curve[i - 1]
+        t = (bar - q["gain"]) / (p["gain"] - q["gain"])
+
+        def mix(key, log=False):
+            a, b = (math.log(q[key]), math.log(p[key])) if log else (q[key], p[key])
+            v = a + t * (b - a)
+            return math.exp(v) if log else v
+
+        return {"lr": mix("lr", True), "relative_step": mix("relative_step", True), "sparsity": mix("sparsity"),
+                "bound": None}
+    return None
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares intercept and slope of ys against xs."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - slope * mx, slope
+
+
+def width_trend(points: list[dict]) -> dict:
+    """The width axis: per width, the lr at which GRPO (fp32 master, bf16 storage, 150 steps) first gains GAIN_BAR
+    points and the sparsity there, and the paper preset's sparsity and gain; then straight-line fits against
+    log2(width) of log2(lr needed) and of the sparsity at that lr, extrapolated to PREDICT_WIDTH."""
+    rows = []
+    for width in sorted({p["width"] for p in points}):
+        curve = lr_curve(points, width)
+        paper = next((p for p in points if p["width"] == width and p["precision"] == "pure_bf16"
+                      and p["steps"] == 300 and p["lr"] == 1e-4), None)
+        if not curve and not paper:
+            continue
+        row = {"width": width, "lrs": [p["lr"] for p in curve], "gains": [p["gain"] for p in curve],
+               "sparsities": [p["sparsity"] for p in curve], "needed": crossing(curve) if curve else None,
+               "rms_w": curve[0]["lr"] / curve[0]["relative_step"] if curve else None}
+        if paper:
+            row |= {"paper_sparsity": paper["sparsity"], "paper_gain": paper["gain"], "paper_gain_min": paper["gain_min"]}
+        rows.append(row)
+    fit = [r for r in rows if r["needed"] and not r["needed"]["bound"]]
+    out = {"widths": rows, "predict_width": PREDICT_WIDTH, "fitted_widths": [r["width"] for r in fit]}
+    if len(fit) >= 2:
+        x = [math.log2(r["width"]) for r in fit]
+        a, b = fit_line(x, [math.log2(r["needed"]["lr"]) for r in fit])
+        c, d = fit_line(x, [r["needed"]["sparsity"] for r in fit])
+        e, f = fit_line(x, [math.log2(r["needed"]["relative_step"]) for r in fit])
+        at = math.log2(PREDICT_WIDTH)
+        out |= {"lr_slope": b, "sparsity_per_doubling": d, "relative_step_slope": f,
+                "predicted_lr": 2 ** (a + b * at), "predicted_relative_step": 2 ** (e + f * at),
+                "predicted_sparsity": min(100.0, max(0.0, c + d * at))}
+    return out
+
+
 def run_regime(config: RegimeConfig, out: Path, progress=None) -> RegimeResult:
     """Every grid point over the seeds; regime.json and regime.png in `out`."""
     out = Path(out)
@@ -148,9 +237,11 @@ def run_regime(config: RegimeConfig, out: Path, progress=None) -> RegimeResult:
                          f"{row['relative_step']:.1e}, sparsity {row['sparsity']:.1f} %, gain {row['gain']:+.1f}")
     result.points = summarise(result.runs)
     result.answer = answer(result.points)
+    result.widths = width_trend(result.points)
     result.wall_seconds = time.perf_counter() - start
     (out / "regime.json").write_text(json.dumps(asdict(result), indent=2))
     draw(result, out)
+    draw_widths(result, out)
     return result
 
 
@@ -166,7 +257,7 @@ def draw(result: RegimeResult, out: Path) -> Path | None:
     paper_step = papers()["scale_matching"]["relative_step"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     markers = {"lr": "o", "steps": "s", "eps": "^", "precision": "D"}
-    for p in result.points:
+    for p in (p for p in result.points if p["knob"] != "width"):  # the width axis: widths.png
         for ax, key in ((a1, "sparsity"), (a2, "gain")):
             ax.errorbar(p["relative_step"], p[key], yerr=[[p[key] - p[f"{key}_min"]], [p[f"{key}_max"] - p[key]]],
                         fmt=markers[p["knob"]], capsize=2, color="tab:blue")
@@ -181,3 +272,43 @@ def draw(result: RegimeResult, out: Path) -> Path | None:
     a2.set(ylabel="gain on add, points", title="learning")
     save(fig, out / "regime.png")
     return out / "regime.png"
+
+
+def draw_widths(result: RegimeResult, out: Path) -> Path | None:
+    """widths.png: gain against lr for each width, and the sparsity at the lr that first gains GAIN_BAR points
+    against width with its fit extrapolated to PREDICT_WIDTH; None without matplotlib or with under two widths."""
+    from minirl.plots import pyplot, save
+
+    plt = pyplot()
+    trend = result.widths
+    if plt is None or len(trend.get("widths", [])) < 2:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for row in trend["widths"]:
+        if row["lrs"]:
+            a1.plot(row["lrs"], row["gains"], "o-", label=f"width {row['width']}")
+    a1.axhline(GAIN_BAR, color="tab:orange", ls="--", label=f"+{GAIN_BAR:g} points")
+    a1.set(xscale="log", xlabel="lr (GRPO, fp32 master, bf16 storage, 150 steps)", ylabel="gain on add, points",
+           title="learning against lr, by width")
+    a1.legend(fontsize=8)
+    fitted = [r for r in trend["widths"] if r["width"] in trend["fitted_widths"]]
+    a2.plot([r["width"] for r in fitted], [r["needed"]["sparsity"] for r in fitted], "o",
+            label=f"sparsity at the lr that first gains +{GAIN_BAR:g}")
+    paper = [r for r in trend["widths"] if "paper_sparsity" in r]
+    a2.plot([r["width"] for r in paper], [r["paper_sparsity"] for r in paper], "D", color="tab:green",
+            label="the paper preset (pure bf16, 300 steps)")
+    if "predicted_sparsity" in trend:
+        lo, hi = min(r["width"] for r in fitted), trend["predict_width"]
+        slope = trend["sparsity_per_doubling"]
+        base = statistics.fmean(r["needed"]["sparsity"] - slope * math.log2(r["width"]) for r in fitted)
+        xs = [lo, hi]
+        a2.plot(xs, [base + slope * math.log2(x) for x in xs], ":", color="tab:blue",
+                label=f"straight-line fit in log2(width): {trend['predicted_sparsity']:.0f} % at {hi}")
+        a2.plot([hi], [trend["predicted_sparsity"]], "x", color="tab:blue", ms=9)
+    a2.axhline(SPARSITY_BAR, color="tab:orange", ls="--", label=f"{SPARSITY_BAR:g} % sparse")
+    a2.set_xscale("log", base=2)
+    a2.set(xlabel="hidden size", ylabel="update sparsity, % (bf16, tol 1e-5)", ylim=(0, 100),
+           xlim=(16, 2 * trend["predict_width"]), title="sparsity at a fixed amount of learning, by width")
+    a2.legend(fontsize=8)
+    save(fig, out / "widths.png")
+    return out / "widths.png"
