@@ -15,7 +15,8 @@ def test_reproduce_regime_quick_runs_the_grid(tmp_path):
     result = CliRunner().invoke(main, ["reproduce", "regime", "--quick", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "regime.json").read_text())
-    assert [p["point"] for p in doc["points"]] == list(QUICK_POINTS)
+    assert [p["point"] for p in doc["points"]] == list(QUICK_POINTS) and set(QUICK_POINTS) < set(POINTS)
+    assert sum(knob == "width" for knob, _ in POINTS.values()) == 3 * 5  # 3 widths x (4 lrs + the paper preset)
     by = {p["point"]: p for p in doc["points"]}
     assert by["lr3e-4"]["relative_step"] == pytest.approx(30 * by["lr1e-5"]["relative_step"])
     assert by["pure_bf16"]["precision"] == "pure_bf16" and by["eps1e-3"]["eps"] == 1e-3
