@@ -427,35 +427,36 @@ def render_regime(result, console: Console | None = None) -> None:
 
 
 def render_widths(trend: dict, console: Console) -> None:
-    """The width axis of `minirl reproduce regime`: per width the gain at each lr, where it first reaches the gain
-    bar and the sparsity there, the paper preset, and the straight-line extrapolation to width 4096."""
-    from minirl.experiments.regime import GAIN_BAR
-
-    if len(trend.get("widths", [])) < 2:
+    """The width axis of `minirl reproduce regime`: per width the weights' RMS, gain and sparsity at each lr, the
+    best lr, the paper preset, and the straight-line fits against log2(width) carried to width 4096."""
+    rows = trend.get("widths", [])
+    if len(rows) < 2:
         return
-    t = Table(title=f"the width axis: GRPO (fp32 master, bf16 storage, 150 steps) from each width's SFT model; "
-                    f"'+{GAIN_BAR:g} at' is the lr where the mean gain first reaches +{GAIN_BAR:g} (log-interpolated)",
-              title_justify="left")
-    for col in ("width", "rms(w)", "gain at lr 3e-4 / 1e-4 / 3e-5 / 1e-5", f"+{GAIN_BAR:g} at lr", "lr / rms(w)",
-                "sparsity there", "paper preset: sparsity, gain"):
+    lrs = (3e-4, 1e-4, 3e-5, 1e-5)
+    t = Table(title="the width axis: GRPO from each width's SFT model (fp32 master, bf16 storage, 150 steps); "
+                    "gain / sparsity % at each lr, mean over seeds", title_justify="left")
+    for col in ("width", "rms(w)", *(f"lr {lr:g}" for lr in lrs), "best lr", "paper preset"):
         t.add_column(col, justify="right")
-    for r in trend["widths"]:
-        gains = dict(zip(r["lrs"], r["gains"]))
-        cells = " / ".join(f"{gains[lr]:+.1f}" if lr in gains else "-" for lr in (3e-4, 1e-4, 3e-5, 1e-5))
-        n = r["needed"]
-        need = ("-", "-", "-") if not n else ((n["bound"] + " " if n["bound"] else "") + f"{n['lr']:.1e}",
-                                               f"{n['relative_step']:.1e}", f"{n['sparsity']:.1f} %")
-        paper = f"{r['paper_sparsity']:.1f} %, {r['paper_gain']:+.1f}" if "paper_sparsity" in r else "-"
-        t.add_row(str(r["width"]), f"{r['rms_w']:.4f}" if r["rms_w"] else "-", cells, *need, paper)
+    for r in rows:
+        at = dict(zip(r["lrs"], zip(r["gains"], r["sparsities"])))
+        cells = [f"{at[lr][0]:+.1f} / {at[lr][1]:.1f}" if lr in at else "-" for lr in lrs]
+        best = f"{r['best']['lr']:g}: {r['best']['gain']:+.1f} / {r['best']['sparsity']:.1f}" if "best" in r else "-"
+        paper = f"{r['paper']['gain']:+.1f} / {r['paper']['sparsity']:.1f}" if "paper" in r else "-"
+        t.add_row(str(r["width"]), f"{r['rms_w']:.4f}", *cells, best, paper)
     console.print(t)
-    if "predicted_sparsity" in trend:
-        console.print(f"fit over widths {', '.join(map(str, trend['fitted_widths']))}: the lr needed scales as "
-                      f"width^{trend['lr_slope']:.2f}, the relative step as width^{trend['relative_step_slope']:.2f}, "
-                      f"and the sparsity there changes {trend['sparsity_per_doubling']:+.1f} points per doubling; "
-                      f"extrapolated to width {trend['predict_width']}: lr {trend['predicted_lr']:.1e} (relative step "
-                      f"{trend['predicted_relative_step']:.1e}), {trend['predicted_sparsity']:.0f} % sparse "
-                      f"(a straight line carried {math.log2(trend['predict_width'] / max(trend['fitted_widths'])):.0f} "
-                      f"doublings past the data)")
+    fits, hi = trend["fits"], trend["predict_width"]
+    names = {"rms_w": "rms(w)", "best_lr": "the best lr", "best_sparsity": "sparsity at the best lr",
+             "paper_sparsity": "the paper preset's sparsity", **{f"sparsity_lr{k}": f"sparsity at lr {k}"
+                                                                 for k in ("3e-4", "1e-4", "3e-5", "1e-5")}}
+    for key, f in fits.items():
+        trendword = (f"x width^{f['slope']:.2f}" if f["log"] else f"{f['slope']:+.1f} points per doubling")
+        value = f"{f['predicted']:.2g}" if f["log"] else f"{f['predicted']:.0f} %"
+        console.print(f"  {names.get(key, key)}: {trendword} (r^2 {f['r2']:.2f}, widths "
+                      f"{', '.join(map(str, f['widths']))}) -> {value} at width {hi}")
+    if fits:
+        console.print(f"  [dim]straight lines through {len(rows)} widths carried "
+                      f"{math.log2(hi / max(r['width'] for r in rows)):.0f} doublings past the data: a trend, "
+                      f"not a measurement[/]")
 
 
 def render_trl(r: dict, console: Console | None = None, detail: bool = True) -> None:

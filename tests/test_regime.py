@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from minirl.cli import main
-from minirl.experiments.regime import POINTS, QUICK_POINTS, answer, crossing, summarise, width_trend
+from minirl.experiments.regime import POINTS, QUICK_POINTS, answer, summarise, width_trend
 
 
 @pytest.mark.slow
@@ -28,6 +28,7 @@ def test_reproduce_regime_quick_runs_the_grid(tmp_path):
     assert {p["width"] for p in doc["points"]} == {32, 64, 128} and by["w128_lr1e-4"]["lr"] == by["lr1e-4"]["lr"]
     assert by["w128_lr1e-4"]["relative_step"] != by["lr1e-4"]["relative_step"]
     assert [w["width"] for w in doc["widths"]["widths"]] == [32, 64, 128] and "the width axis" in result.output
+    assert set(doc["widths"]["fits"]) >= {"rms_w", "sparsity_lr1e-4"} and (tmp_path / "widths.png").is_file()
 
 
 def row(point, seed, sparsity, gain):
@@ -55,33 +56,33 @@ def test_grad_rms_is_the_clipped_norm_per_weight(tmp_path):
     assert grad_rms(r) == pytest.approx(want) and 0 < want < 1e-2
 
 
-def curve_point(width, lr, gain, sparsity, precision="bf16", steps=150):
+def curve_point(width, lr, gain, sparsity, precision="bf16", steps=150, rms=0.05):
     name = {3e-4: "lr3e-4", 1e-4: "lr1e-4", 3e-5: "lr3e-5", 1e-5: "lr1e-5"}[lr]
-    return {"point": name if width == 64 else f"w{width}_{name}", "width": width, "lr": lr,
-            "relative_step": lr / 0.05, "gain": gain, "sparsity": sparsity, "precision": precision, "steps": steps,
-            "gain_min": gain}
+    if precision == "pure_bf16":
+        name = "pure_bf16x300" if width == 64 else f"w{width}_pure_bf16x300"
+    return {"point": name if width == 64 or precision == "pure_bf16" else f"w{width}_{name}", "width": width,
+            "lr": lr, "relative_step": lr / rms, "gain": gain, "sparsity": sparsity, "precision": precision,
+            "steps": steps, "gain_min": gain}
 
 
-def test_crossing_interpolates_in_log_lr_and_flags_bounds():
-    curve = [curve_point(64, 1e-5, 5, 30), curve_point(64, 1e-4, 15, 10)]
-    c = crossing(curve)
-    assert c["lr"] == pytest.approx(10 ** -4.5) and c["sparsity"] == pytest.approx(20) and c["bound"] is None
-    assert crossing(curve, bar=20) is None
-    assert crossing(curve, bar=4) == {"lr": 1e-5, "relative_step": 2e-4, "sparsity": 30, "bound": "at most"}
-
-
-def test_width_trend_fits_and_extrapolates_a_made_up_power_law():
-    # gain linear in log lr; the lr needed halves and the sparsity there grows 10 points with each doubling
+def test_width_trend_fits_and_extrapolates_made_up_power_laws():
+    # rms(w) halves, the best lr halves and the sparsity grows 10 points with each doubling of the width
     pts = []
     for k, width in enumerate((32, 64, 128)):
-        needed = 1e-4 / 2 ** k
-        pts += [curve_point(width, lr, 10 + 10 * math.log10(lr / needed), 20 + 10 * k - 5 * math.log10(lr / needed))
+        best = 1e-4 / 3 ** k if k < 2 else 1e-5
+        pts += [curve_point(width, lr, 10 - abs(math.log10(lr / best)), 20 + 10 * k - (lr == 3e-4), rms=0.1 / 2 ** k)
                 for lr in (3e-4, 1e-4, 3e-5, 1e-5)]
-    pts.append(curve_point(128, 1e-4, 12.0, 61.0, precision="pure_bf16", steps=300))
+    pts.append(curve_point(128, 1e-4, 12.0, 61.0, precision="pure_bf16", steps=300, rms=0.025))
     trend = width_trend(pts)
-    assert trend["fitted_widths"] == [32, 64, 128]
-    assert trend["lr_slope"] == pytest.approx(-1, abs=1e-9)
-    assert trend["sparsity_per_doubling"] == pytest.approx(10, abs=1e-9)
-    assert trend["predicted_lr"] == pytest.approx(1e-4 / 2 ** 7)
-    assert trend["predicted_sparsity"] == pytest.approx(90)  # 20 at width 32, + 10 x 7 doublings
-    assert trend["widths"][2]["paper_sparsity"] == 61.0 and "paper_sparsity" not in trend["widths"][0]
+    assert [r["width"] for r in trend["widths"]] == [32, 64, 128]
+    assert [r["best"]["lr"] for r in trend["widths"]] == [1e-4, 3e-5, 1e-5]
+    assert trend["fits"]["rms_w"]["slope"] == pytest.approx(-1) and trend["fits"]["rms_w"]["r2"] == pytest.approx(1)
+    assert trend["fits"]["rms_w"]["predicted"] == pytest.approx(0.1 / 2 ** 7)
+    f = trend["fits"]["sparsity_lr1e-5"]
+    assert f["slope"] == pytest.approx(10) and f["predicted"] == pytest.approx(90)  # 20 at 32, + 10 x 7 doublings
+    assert trend["fits"]["best_sparsity"]["predicted"] == pytest.approx(90)
+    assert "paper_sparsity" not in trend["fits"]  # one width: no line
+    assert trend["widths"][2]["paper"]["sparsity"] == 61.0 and "paper" not in trend["widths"][0]
+    # clipped to a percentage
+    steep = width_trend([dict(p, sparsity=p["sparsity"] * 3) for p in pts])
+    assert steep["fits"]["sparsity_lr1e-5"]["predicted"] == 100.0

@@ -162,39 +162,21 @@ def lr_curve(points: list[dict], width: int) -> list[dict]:
     return sorted((p for p in points if p["point"] in names), key=lambda p: p["lr"])
 
 
-def crossing(curve: list[dict], bar: float = GAIN_BAR) -> dict | None:
-    """Where the mean gain first reaches `bar` going up in lr, interpolated in log lr between the two points that
-    bracket it (sparsity and relative step interpolated alike); `bound` names a crossing outside the grid (the
-    smallest lr already gains `bar`: an upper bound on the lr needed). None when no lr reaches it."""
-    for i, p in enumerate(curve):
-        if p["gain"] < bar:
-            continue
-        if i == 0:
-            return {"lr": p["lr"], "relative_step": p["relative_step"], "sparsity": p["sparsity"], "bound": "at most"}
-        q = curve[i - 1]
-        t = (bar - q["gain"]) / (p["gain"] - q["gain"])
-
-        def mix(key, log=False):
-            a, b = (math.log(q[key]), math.log(p[key])) if log else (q[key], p[key])
-            v = a + t * (b - a)
-            return math.exp(v) if log else v
-
-        return {"lr": mix("lr", True), "relative_step": mix("relative_step", True), "sparsity": mix("sparsity"),
-                "bound": None}
-    return None
-
-
-def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Least-squares intercept and slope of ys against xs."""
+def fit_line(xs: list[float], ys: list[float]) -> dict:
+    """Least-squares line of ys against xs: intercept, slope and r^2."""
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    return my - slope * mx, slope
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    syy = sum((y - my) ** 2 for y in ys)
+    resid = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys))
+    return {"intercept": my - slope * mx, "slope": slope, "r2": 1 - resid / syy if syy else 1.0}
 
 
 def width_trend(points: list[dict]) -> dict:
-    """The width axis: per width, the lr at which GRPO (fp32 master, bf16 storage, 150 steps) first gains GAIN_BAR
-    points and the sparsity there, and the paper preset's sparsity and gain; then straight-line fits against
-    log2(width) of log2(lr needed) and of the sparsity at that lr, extrapolated to PREDICT_WIDTH."""
+    """The width axis. Per width: the SFT model's weight RMS, GRPO's sparsity and gain at each lr (fp32 master,
+    bf16 storage, 150 steps), the lr that gained most and its sparsity, and the paper preset (pure bf16, 300 steps).
+    Across widths, straight lines against log2(width) (log2 of the RMS and of the best lr; sparsity in points per
+    doubling), each carried to PREDICT_WIDTH: what the toy widths predict, not a measurement."""
     rows = []
     for width in sorted({p["width"] for p in points}):
         curve = lr_curve(points, width)
@@ -202,23 +184,34 @@ def width_trend(points: list[dict]) -> dict:
                       and p["steps"] == 300 and p["lr"] == 1e-4), None)
         if not curve and not paper:
             continue
-        row = {"width": width, "lrs": [p["lr"] for p in curve], "gains": [p["gain"] for p in curve],
-               "sparsities": [p["sparsity"] for p in curve], "needed": crossing(curve) if curve else None,
-               "rms_w": curve[0]["lr"] / curve[0]["relative_step"] if curve else None}
+        anyp = (curve or [paper])[0]
+        row = {"width": width, "rms_w": anyp["lr"] / anyp["relative_step"], "lrs": [p["lr"] for p in curve],
+               "gains": [p["gain"] for p in curve], "sparsities": [p["sparsity"] for p in curve]}
+        if curve:
+            best = max(curve, key=lambda p: p["gain"])
+            row["best"] = {k: best[k] for k in ("lr", "relative_step", "gain", "gain_min", "sparsity")}
         if paper:
-            row |= {"paper_sparsity": paper["sparsity"], "paper_gain": paper["gain"], "paper_gain_min": paper["gain_min"]}
+            row["paper"] = {k: paper[k] for k in ("gain", "gain_min", "sparsity")}
         rows.append(row)
-    fit = [r for r in rows if r["needed"] and not r["needed"]["bound"]]
-    out = {"widths": rows, "predict_width": PREDICT_WIDTH, "fitted_widths": [r["width"] for r in fit]}
-    if len(fit) >= 2:
-        x = [math.log2(r["width"]) for r in fit]
-        a, b = fit_line(x, [math.log2(r["needed"]["lr"]) for r in fit])
-        c, d = fit_line(x, [r["needed"]["sparsity"] for r in fit])
-        e, f = fit_line(x, [math.log2(r["needed"]["relative_step"]) for r in fit])
-        at = math.log2(PREDICT_WIDTH)
-        out |= {"lr_slope": b, "sparsity_per_doubling": d, "relative_step_slope": f,
-                "predicted_lr": 2 ** (a + b * at), "predicted_relative_step": 2 ** (e + f * at),
-                "predicted_sparsity": min(100.0, max(0.0, c + d * at))}
+    out = {"widths": rows, "predict_width": PREDICT_WIDTH, "fits": {}}
+    at = math.log2(PREDICT_WIDTH)
+
+    def fit(name, have, y, log=False, clip=False):
+        use = [r for r in rows if have(r)]
+        if len(use) < 3:  # two points always lie on a line
+            return
+        line = fit_line([math.log2(r["width"]) for r in use], [y(r) for r in use])
+        value = line["intercept"] + line["slope"] * at
+        value = 2 ** value if log else min(100.0, max(0.0, value)) if clip else value
+        out["fits"][name] = line | {"widths": [r["width"] for r in use], "predicted": value, "log": log}
+
+    fit("rms_w", lambda r: True, lambda r: math.log2(r["rms_w"]), log=True)
+    fit("best_lr", lambda r: "best" in r, lambda r: math.log2(r["best"]["lr"]), log=True)
+    fit("best_sparsity", lambda r: "best" in r, lambda r: r["best"]["sparsity"], clip=True)
+    fit("paper_sparsity", lambda r: "paper" in r, lambda r: r["paper"]["sparsity"], clip=True)
+    for name, lr in WIDTH_LRS.items():
+        fit(f"sparsity_{name}", lambda r, lr=lr: lr in r["lrs"], lambda r, lr=lr: r["sparsities"][r["lrs"].index(lr)],
+            clip=True)
     return out
 
 
@@ -275,40 +268,42 @@ def draw(result: RegimeResult, out: Path) -> Path | None:
 
 
 def draw_widths(result: RegimeResult, out: Path) -> Path | None:
-    """widths.png: gain against lr for each width, and the sparsity at the lr that first gains GAIN_BAR points
-    against width with its fit extrapolated to PREDICT_WIDTH; None without matplotlib or with under two widths."""
+    """widths.png: gain against lr for each width; sparsity against width at each lr, at each width's best lr and
+    with the paper preset, the last two with their straight-line fits carried to PREDICT_WIDTH. None without
+    matplotlib or with under two widths."""
     from minirl.plots import pyplot, save
 
     plt = pyplot()
     trend = result.widths
-    if plt is None or len(trend.get("widths", [])) < 2:
+    rows = trend.get("widths", [])
+    if plt is None or len(rows) < 2:
         return None
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for row in trend["widths"]:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for row in rows:
         if row["lrs"]:
             a1.plot(row["lrs"], row["gains"], "o-", label=f"width {row['width']}")
-    a1.axhline(GAIN_BAR, color="tab:orange", ls="--", label=f"+{GAIN_BAR:g} points")
+    a1.axhline(0, color="gray", lw=0.5)
     a1.set(xscale="log", xlabel="lr (GRPO, fp32 master, bf16 storage, 150 steps)", ylabel="gain on add, points",
-           title="learning against lr, by width")
+           title="learning against lr, by width (mean over seeds)")
     a1.legend(fontsize=8)
-    fitted = [r for r in trend["widths"] if r["width"] in trend["fitted_widths"]]
-    a2.plot([r["width"] for r in fitted], [r["needed"]["sparsity"] for r in fitted], "o",
-            label=f"sparsity at the lr that first gains +{GAIN_BAR:g}")
-    paper = [r for r in trend["widths"] if "paper_sparsity" in r]
-    a2.plot([r["width"] for r in paper], [r["paper_sparsity"] for r in paper], "D", color="tab:green",
-            label="the paper preset (pure bf16, 300 steps)")
-    if "predicted_sparsity" in trend:
-        lo, hi = min(r["width"] for r in fitted), trend["predict_width"]
-        slope = trend["sparsity_per_doubling"]
-        base = statistics.fmean(r["needed"]["sparsity"] - slope * math.log2(r["width"]) for r in fitted)
-        xs = [lo, hi]
-        a2.plot(xs, [base + slope * math.log2(x) for x in xs], ":", color="tab:blue",
-                label=f"straight-line fit in log2(width): {trend['predicted_sparsity']:.0f} % at {hi}")
-        a2.plot([hi], [trend["predicted_sparsity"]], "x", color="tab:blue", ms=9)
-    a2.axhline(SPARSITY_BAR, color="tab:orange", ls="--", label=f"{SPARSITY_BAR:g} % sparse")
+    for name, lr in WIDTH_LRS.items():
+        have = [r for r in rows if lr in r["lrs"]]
+        a2.plot([r["width"] for r in have], [r["sparsities"][r["lrs"].index(lr)] for r in have], ".--", lw=0.8,
+                alpha=0.6, label=f"lr {lr:g}")
+    hi = trend["predict_width"]
+    for key, sub, style, label in (("best_sparsity", "best", "o", "at each width's best lr"),
+                                   ("paper_sparsity", "paper", "D", "the paper preset (pure bf16, 300 steps)")):
+        have = [r for r in rows if sub in r]
+        line, = a2.plot([r["width"] for r in have], [r[sub]["sparsity"] for r in have], style, ms=7, label=label)
+        f = trend["fits"].get(key)
+        if f:
+            xs = [min(f["widths"]), hi]
+            a2.plot(xs, [f["intercept"] + f["slope"] * math.log2(x) for x in xs], ":", color=line.get_color(),
+                    label=f"  fit: {f['slope']:+.1f} points per doubling, {f['predicted']:.0f} % at {hi}")
+    a2.axhline(SPARSITY_BAR, color="tab:orange", ls="--", lw=0.8)
     a2.set_xscale("log", base=2)
-    a2.set(xlabel="hidden size", ylabel="update sparsity, % (bf16, tol 1e-5)", ylim=(0, 100),
-           xlim=(16, 2 * trend["predict_width"]), title="sparsity at a fixed amount of learning, by width")
-    a2.legend(fontsize=8)
+    a2.set(xlabel="hidden size", ylabel="update sparsity, % (bf16, tol 1e-5)", ylim=(0, 100), xlim=(16, 2 * hi),
+           title="sparsity against width (straight lines in log2 width, carried to 4096)")
+    a2.legend(fontsize=7)
     save(fig, out / "widths.png")
     return out / "widths.png"
