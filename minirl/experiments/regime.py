@@ -278,7 +278,7 @@ def draw_widths(result: RegimeResult, out: Path) -> Path | None:
     rows = trend.get("widths", [])
     if plt is None or len(rows) < 2:
         return None
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(18, 4.8))
     for row in rows:
         if row["lrs"]:
             a1.plot(row["lrs"], row["gains"], "o-", label=f"width {row['width']}")
@@ -305,5 +305,16 @@ def draw_widths(result: RegimeResult, out: Path) -> Path | None:
     a2.set(xlabel="hidden size", ylabel="update sparsity, % (bf16, tol 1e-5)", ylim=(0, 100), xlim=(16, 2 * hi),
            title="sparsity against width (straight lines in log2 width, carried to 4096)")
     a2.legend(fontsize=7)
+    a3.plot([r["width"] for r in rows], [r["rms_w"] for r in rows], "o", label="each width's SFT model")
+    f = trend["fits"].get("rms_w")
+    if f:
+        xs = [min(f["widths"]), hi]
+        a3.plot(xs, [2 ** (f["intercept"] + f["slope"] * math.log2(x)) for x in xs], ":",
+                label=f"fit: width^{f['slope']:.2f}, {f['predicted']:.3f} at {hi}")
+    a3.axhline(1e-2, color="tab:gray", ls="--", lw=0.8, label="PAPERS.md's estimate for 7B models (order 1e-2)")
+    a3.set_xscale("log", base=2)
+    a3.set(yscale="log", xlabel="hidden size", ylabel="rms(w) of the SFT model", xlim=(16, 2 * hi),
+           title="the weights' scale against width")
+    a3.legend(fontsize=7)
     save(fig, out / "widths.png")
     return out / "widths.png"
