@@ -2,6 +2,7 @@
 
 import json
 import math
+import numpy as np
 
 import pytest
 from click.testing import CliRunner
@@ -86,3 +87,24 @@ def test_width_trend_fits_and_extrapolates_made_up_power_laws():
     # clipped to a percentage
     steep = width_trend([dict(p, sparsity=p["sparsity"] * 3) for p in pts])
     assert steep["fits"]["sparsity_lr1e-5"]["predicted"] == 100.0
+
+
+def test_half_ulp_predictor_counts_weights_a_pure_bf16_step_cannot_move():
+    from minirl.experiments.regime import gaussian_half_ulp_fraction, half_ulp_fraction
+    from minirl.model import Transformer, TransformerConfig
+    from minirl.precision import ulp
+
+    model = Transformer(TransformerConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, num_key_value_heads=2))
+    for _, p in model.named_parameters():
+        p.data[...] = 0.0
+    first = next(p for _, p in model.named_parameters())
+    first.data.flat[0] = 1.0  # half a ULP of 1.0 is 2^-8: above lr 1e-3, below lr 1e-2
+    n = sum(p.data.size for _, p in model.named_parameters())
+    assert ulp(np.float32(1.0)) / 2 == 2.0 ** -8
+    assert half_ulp_fraction(model, 1e-3) == pytest.approx(1 / n)  # zeros: half a ULP is subnormal, below any lr
+    assert half_ulp_fraction(model, 1e-2) == 0.0
+    # normal weights: the fraction grows as the weights grow or the lr shrinks, and tends to 1 for lr << rms
+    f = [gaussian_half_ulp_fraction(0.05, lr, n=20_001) for lr in (1e-3, 1e-4, 1e-5, 1e-7)]
+    assert f == sorted(f) and f[0] < 0.01 and f[-1] > 0.99
+    assert gaussian_half_ulp_fraction(0.1, 1e-4, n=20_001) > f[1]

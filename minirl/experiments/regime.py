@@ -29,6 +29,7 @@ from pathlib import Path
 
 from minirl.config import check_fields
 from minirl.experiments.common import outcome, run_or_reuse
+from minirl.loading import load
 
 POINTS = {
     # name: (knob, overrides of the GRPO preset)
@@ -56,6 +57,8 @@ for _w, _init in WIDTHS.items():
         POINTS[f"w{_w}_pure_bf16x300"] = ("width", {"init": _init, "precision": "pure_bf16", "steps": 300})
 QUICK_POINTS = tuple(n for n in POINTS if POINTS[n][0] != "width") + ("w32_lr1e-4", "w128_lr1e-4", "w128_lr1e-5")
 """--quick's grid: every knob, the width axis at two widths."""
+PAPER_LR = 1e-4
+"""The paper preset's lr (pure bf16, 300 steps): what the half-ULP predictor compares with."""
 PREDICT_WIDTH = 4096
 """The width the trend is extrapolated to (a 7B Llama's hidden size)."""
 GAIN_BAR, SPARSITY_BAR = 10.0, 50.0
@@ -172,11 +175,37 @@ def fit_line(xs: list[float], ys: list[float]) -> dict:
     return {"intercept": my - slope * mx, "slope": slope, "r2": 1 - resid / syy if syy else 1.0}
 
 
-def width_trend(points: list[dict]) -> dict:
+def half_ulp_fraction(model, lr: float) -> float:
+    """The fraction of the model's weights for which half a bf16 ULP exceeds lr: the ones a pure-bf16 Adam step
+    (about lr per weight) can never move, so the paper preset's sparsity predicted before training
+    (tutorials/08_sparsity.py)."""
+    import numpy as np
+
+    from minirl.precision import ulp
+
+    flat = np.concatenate([p.data.ravel() for _, p in model.named_parameters()])
+    return float(np.mean(ulp(flat) / 2 > lr))
+
+
+def gaussian_half_ulp_fraction(rms: float, lr: float, n: int = 400_001) -> float:
+    """half_ulp_fraction of normal weights with this RMS (n evenly spaced quantiles): the prediction for a model
+    known only by its weights' scale."""
+    import numpy as np
+    from scipy.stats import norm
+
+    from minirl.precision import ulp
+
+    w = (rms * norm.ppf((np.arange(n) + 0.5) / n)).astype(np.float32)
+    return float(np.mean(ulp(w) / 2 > lr))
+
+
+def width_trend(points: list[dict], half_ulp: dict[int, float] | None = None) -> dict:
     """The width axis. Per width: the SFT model's weight RMS, GRPO's sparsity and gain at each lr (fp32 master,
     bf16 storage, 150 steps), the lr that gained most and its sparsity, and the paper preset (pure bf16, 300 steps).
     Across widths, straight lines against log2(width) (log2 of the RMS and of the best lr; sparsity in points per
-    doubling), each carried to PREDICT_WIDTH: what the toy widths predict, not a measurement."""
+    doubling), each carried to PREDICT_WIDTH: what the toy widths predict, not a measurement. `half_ulp`: width ->
+    half_ulp_fraction of its SFT model at the paper preset's lr, the per-weight predictor, which is then applied to
+    normal weights of the extrapolated RMS at the preset's lr and the papers' learning rates."""
     rows = []
     for width in sorted({p["width"] for p in points}):
         curve = lr_curve(points, width)
@@ -192,6 +221,9 @@ def width_trend(points: list[dict]) -> dict:
             row["best"] = {k: best[k] for k in ("lr", "relative_step", "gain", "gain_min", "sparsity")}
         if paper:
             row["paper"] = {k: paper[k] for k in ("gain", "gain_min", "sparsity")}
+        if half_ulp and width in half_ulp:
+            row["half_ulp"] = {"exact": 100 * half_ulp[width],
+                               "gaussian": 100 * gaussian_half_ulp_fraction(row["rms_w"], PAPER_LR)}
         rows.append(row)
     out = {"widths": rows, "predict_width": PREDICT_WIDTH, "fits": {}}
     at = math.log2(PREDICT_WIDTH)
@@ -209,6 +241,12 @@ def width_trend(points: list[dict]) -> dict:
     fit("best_lr", lambda r: "best" in r, lambda r: math.log2(r["best"]["lr"]), log=True)
     fit("best_sparsity", lambda r: "best" in r, lambda r: r["best"]["sparsity"], clip=True)
     fit("paper_sparsity", lambda r: "paper" in r, lambda r: r["paper"]["sparsity"], clip=True)
+    if "rms_w" in out["fits"]:
+        from minirl.papers import papers
+
+        rms = out["fits"]["rms_w"]["predicted"]
+        lrs = (PAPER_LR, *papers()["scale_matching"]["lr"])
+        out["half_ulp_at_predict_width"] = {f"{lr:g}": 100 * gaussian_half_ulp_fraction(rms, lr) for lr in lrs}
     for name, lr in WIDTH_LRS.items():
         fit(f"sparsity_{name}", lambda r, lr=lr: lr in r["lrs"], lambda r, lr=lr: r["sparsities"][r["lrs"].index(lr)],
             clip=True)
@@ -230,7 +268,8 @@ def run_regime(config: RegimeConfig, out: Path, progress=None) -> RegimeResult:
                          f"{row['relative_step']:.1e}, sparsity {row['sparsity']:.1f} %, gain {row['gain']:+.1f}")
     result.points = summarise(result.runs)
     result.answer = answer(result.points)
-    result.widths = width_trend(result.points)
+    result.widths = width_trend(result.points, {w: half_ulp_fraction(load(init), PAPER_LR)
+                                                for w, init in WIDTHS.items() if any(p["width"] == w for p in result.points)})
     result.wall_seconds = time.perf_counter() - start
     (out / "regime.json").write_text(json.dumps(asdict(result), indent=2))
     draw(result, out)
