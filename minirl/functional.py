@@ -17,6 +17,7 @@ from the elementary ops above it.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 from scipy.special import log_expit
@@ -24,6 +25,7 @@ from scipy.special import log_expit
 from minirl.tensor import Tensor, is_grad_enabled
 
 _reference = False
+_exact = False
 
 
 @contextlib.contextmanager
@@ -32,9 +34,11 @@ def reference_ops():
 
     Each fast path (`rms_norm`, `rope`, `attention`, `swiglu`, beside its `*_reference`; the tape's
     in-place gradient sums in `Tensor.backward`; the model's RoPE table lookup
-    `model.rope_lookup` and its one prefill per distinct prompt `model.prefill`) does the same float32
+    `model.rope_lookup`, its tables expanded to q's and k's memory layout `model.rope_for_heads`, and
+    its one prefill per distinct prompt `model.prefill`) does the same float32
     operations in the same order into preallocated or reused buffers, so both
     give the same bits; `tests/test_speed_bitwise.py` checks it on whole runs.
+    The exceptions round differently (see `exact_ops()`, which switches only those back).
     """
     global _reference
     previous, _reference = _reference, True
@@ -42,6 +46,55 @@ def reference_ops():
         yield
     finally:
         _reference = previous
+
+
+@contextlib.contextmanager
+def exact_ops():
+    """Keep the fast paths that give the reference's bits, switch off those that round differently.
+
+    What rounds differently (the fused paths):
+    - summing a short last axis as a matmul with a ones vector (`_row_sum`: attention's softmax and
+      its backward, rms_norm's mean): BLAS adds in another order than NumPy's pairwise sum, 10x faster;
+    - `rms_norm`'s backward mean(dout * weight * xhat) as a product of dout * xhat with the weight;
+    - `swiglu`'s backward with silu' = sig + act * (1 - sig), one pass and one array fewer;
+    - `rope`'s rotate_half as a matmul by a signed permutation (`_rotate`): the same values, but an
+      exact zero may change sign and an inf or NaN spreads over its row.
+    `tests/test_speed_bitwise.py` compares runs under `exact_ops()` with `reference_ops()` bit for
+    bit; `tests/test_speed_fused.py` compares the default fast path with the reference within
+    float32 rounding.
+    """
+    global _exact
+    previous, _exact = _exact, True
+    try:
+        yield
+    finally:
+        _exact = previous
+
+
+def _row_sum(a: np.ndarray) -> np.ndarray:
+    """a.sum(axis=-1, keepdims=True) for a C-contiguous a (..., S); as `a @ ones` unless `exact_ops()`.
+
+    NumPy reduces a short last axis row by row (about 25 ns a row); one matrix-vector product with
+    ones does all rows at once, adding in BLAS's order instead of NumPy's pairwise one.
+    """
+    if _exact or _reference or a.ndim < 2 or not a.flags.c_contiguous:
+        return a.sum(axis=-1, keepdims=True)
+    S = a.shape[-1]
+    return (a.reshape(-1, S) @ np.ones((S, 1), dtype=a.dtype)).reshape(a.shape[:-1] + (1,))
+
+
+def _row_max(a: np.ndarray) -> np.ndarray:
+    """a.max(axis=-1, keepdims=True), the same values (a maximum does not depend on the order).
+
+    NumPy reduces a short last axis row by row (about 70 ns a row); over a transposed copy, the
+    maximum runs down axis 0, S vectorised passes over all rows at once.
+    """
+    S = a.shape[-1]
+    rows = a.size // S if S else 0
+    if a.ndim < 2 or S < 2 or rows < 64 or not a.flags.c_contiguous:
+        return a.max(axis=-1, keepdims=True)
+    at = np.ascontiguousarray(a.reshape(rows, S).T)  # (S, rows)
+    return at.max(axis=0).reshape(a.shape[:-1] + (1,))
 
 
 def _op(data: np.ndarray, parents: tuple, backward) -> Tensor:
@@ -374,9 +427,11 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
     """Llama's RMSNorm: x / sqrt(mean(x^2) + eps) * weight, over the last axis."""
     if _reference or not x.data.flags.c_contiguous or x.data.dtype != weight.data.dtype:
         return rms_norm_reference(x, weight, eps)
-    # the reference's operations in its order; the (..., C) temporaries reuse two buffers
+    # the reference's operations in its order (but the row sums: `_row_sum`); the (..., C) temporaries
+    # reuse two buffers
+    C = x.shape[-1]
     buf = x.data * x.data  # (..., C)
-    rstd = 1.0 / np.sqrt(buf.mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+    rstd = 1.0 / np.sqrt(_row_sum(buf) / C + eps)  # (..., 1): the mean of x^2 (`_row_sum`: see there)
     if rstd.dtype != buf.dtype:  # an eps that promotes (a NumPy float64): the reference's dtypes
         return rms_norm_reference(x, weight, eps)
     xhat = np.multiply(x.data, rstd, out=buf)  # (..., C)
@@ -387,11 +442,18 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
         if not dout.flags.c_contiguous or dout.dtype != xhat.dtype:
             return _rms_norm_backward_reference(dout, x, weight, xhat, rstd)
         t = dout * xhat
-        dweight = t.reshape(-1, x.shape[-1]).sum(axis=0) if weight.requires_grad else None
-        dxhat = dout * weight.data
-        np.multiply(dxhat, xhat, out=t)
+        dweight = t.reshape(-1, C).sum(axis=0) if weight.requires_grad else None
+        if _exact or _reference:
+            dxhat = dout * weight.data
+            np.multiply(dxhat, xhat, out=t)
+            m = t.mean(axis=-1, keepdims=True)
+        else:
+            # mean(dxhat * xhat) = mean(dout * xhat * weight): one matrix-vector product with the
+            # weight, from the product dweight already needs (rounds differently: a fused path)
+            m = (t.reshape(-1, C) @ weight.data).reshape(rstd.shape) / C  # (..., 1)
+            dxhat = dout * weight.data
         # forward was: xhat = x * rstd with rstd depending on x through mean(x^2)
-        np.multiply(xhat, t.mean(axis=-1, keepdims=True), out=t)
+        np.multiply(xhat, m, out=t)
         dxhat -= t
         dxhat *= rstd
         return dxhat, dweight
@@ -435,14 +497,58 @@ def rope_tables(positions: np.ndarray, head_dim: int, theta: float = 10000.0, dt
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 
 
+def _memory_order(a: np.ndarray) -> list[int] | None:
+    """Axes of `a` from the outermost in memory to the last, if `a.transpose(order)` is C-contiguous; else None.
+
+    The model's (B, T, H, D) projection seen as (B, H, T, D) gives [0, 2, 1, 3]: a row-wise op can then
+    run over all last-axis vectors as one (rows, D) matrix, in memory order.
+    """
+    if a.ndim < 2 or a.strides[-1] != a.itemsize:
+        return None
+    order = sorted(range(a.ndim - 1), key=lambda i: -a.strides[i]) + [a.ndim - 1]
+    return order if a.transpose(order).flags.c_contiguous else None
+
+
+@functools.lru_cache(maxsize=32)
+def _rotation(D: int, dtype: np.dtype) -> np.ndarray:
+    """The (D, D) matrix of rotate_half as a right product: x @ R = [-x2, x1]; its transpose is rotate_half_T."""
+    R = np.zeros((D, D), dtype=dtype)
+    h = D // 2
+    R[np.arange(h, D), np.arange(h)] = -1  # out[:, i] = -x[:, i + h]
+    R[np.arange(h), np.arange(h, D)] = 1  # out[:, i + h] = x[:, i]
+    R.flags.writeable = False
+    return R
+
+
+def _rotate(x: np.ndarray, transpose: bool = False) -> np.ndarray:
+    """rotate_half(x) (or rotate_half_T) as one matmul by a signed permutation, in x's memory layout.
+
+    Each output is one input times +-1 plus zeros times the others, so the values are the copy's
+    (but an exact zero may come out with the other sign, and an inf or NaN spreads over its row: a
+    fused path, off under `exact_ops()`). Measured 2x faster than the concatenation, whose inner
+    loops run over D/2 elements.
+    """
+    order = _memory_order(x)
+    if _exact or _reference or order is None:
+        return _rotate_half_T(x) if transpose else _rotate_half(x)
+    R = _rotation(x.shape[-1], x.dtype)
+    xm = x.transpose(order)  # C-contiguous
+    out = np.empty(xm.shape, dtype=x.dtype)
+    np.matmul(xm.reshape(-1, x.shape[-1]), R.T if transpose else R, out=out.reshape(-1, x.shape[-1]))
+    return out.transpose(np.argsort(order))  # x's shape, in x's memory layout
+
+
 def rope(x: Tensor, cos: np.ndarray, sin: np.ndarray) -> Tensor:
-    """Rotary embedding, rotate-half convention: x*cos + rotate_half(x)*sin. x (B, H, T, D); cos, sin (B, 1, T, D)."""
+    """Rotary embedding, rotate-half convention: x*cos + rotate_half(x)*sin. x (B, H, T, D); cos, sin (B, 1, T, D).
+
+    cos and sin may also be given expanded to x's shape and memory layout (`model.rope_for_heads`): the
+    products then run over contiguous memory instead of inner loops of D elements, 2x faster.
+    """
     if _reference or not x.data.dtype == cos.dtype == sin.dtype:
         return rope_reference(x, cos, sin)
-    # the reference's x*cos + rotate_half(x)*sin, its two products and the sum in two buffers (measured:
-    # splitting the halves instead runs NumPy's inner loops over D/2 elements, slower than the copy)
-    out = x.data * cos  # (B, H, T, D)
-    rot = _rotate_half(x.data)
+    # the reference's x*cos + rotate_half(x)*sin, its two products and the sum in two buffers
+    out = x.data * cos  # (B, H, T, D), in x's memory layout
+    rot = _rotate(x.data)
     rot *= sin
     out += rot
 
@@ -450,7 +556,7 @@ def rope(x: Tensor, cos: np.ndarray, sin: np.ndarray) -> Tensor:
         # forward is linear in x: out = x*cos + R(x)*sin, so dx = dout*cos + R^T(dout*sin)
         if dout.dtype != cos.dtype:
             return (dout * cos + _rotate_half_T(dout * sin),)
-        rot = _rotate_half_T(dout * sin)
+        rot = _rotate(dout * sin, transpose=True)
         dx = dout * cos
         dx += rot
         return (dx,)
@@ -467,6 +573,21 @@ def rope_reference(x: Tensor, cos: np.ndarray, sin: np.ndarray) -> Tensor:
 def mask_bias(mask: np.ndarray, dtype=np.float32) -> np.ndarray:
     """Boolean attention mask -> additive bias: 0 where allowed, -1e9 (weight exp(-1e9) = 0) elsewhere."""
     return np.where(mask, 0.0, -1e9).astype(dtype)
+
+
+def _matmul_like(a: np.ndarray, b: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """a @ b with the shape of `like`, written in `like`'s memory layout where BLAS can (the same values).
+
+    The model's q, k and v are its (B, T, H, D) projections seen as (B, H, T, D); attention's output and
+    gradients laid out the same way need no copy to go back to (B, T, H*D).
+    """
+    dtype = np.result_type(a, b)
+    out = np.empty_like(like, dtype=dtype)  # like's memory layout
+    if out.size == 0 or a.shape[:-1] + b.shape[-1:] != like.shape:  # grouped heads: (B, K, G*T, D) is not (B, H, T, D)
+        out[...] = (a @ b).reshape(like.shape)
+    else:
+        np.matmul(a, b, out=out)
+    return out
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -> Tensor:
@@ -487,36 +608,44 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -
     G = H // K
     scale = float(D) ** -0.5  # a Python float: NumPy 2 keeps float32 arrays float32
     qg = q.data.reshape(B, K, G * T, D)  # query heads of a group share k and v: (B, K, G*T, D)
-    # the reference's operations in its order, in one (B, H, T, S) buffer
-    scores = (qg @ k.data.swapaxes(-1, -2)).reshape(B, H, T, -1)
-    scores *= scale  # (B, H, T, S)
+    # the reference's operations in its order, in one (B, H, T, S) buffer (but the row sums: `_row_sum`)
+    scores = (qg @ k.data.swapaxes(-1, -2)).reshape(B, H, T, -1)  # (B, H, T, S)
+    keep = None
     if mask is not None:
-        blocked = ~mask if mask.dtype == bool else mask != 0  # broadcastable to (B, 1, T, S)
-        # replace, not add: a masked score is a constant (no gradient), and a row
-        # with no allowed key then attends uniformly instead of following q and k
-        np.copyto(scores, np.asarray(-1e9, dtype=scores.dtype), where=blocked)
-    scores -= scores.max(axis=-1, keepdims=True)
+        allowed = mask if mask.dtype == bool else mask == 0  # broadcastable to (B, 1, T, S)
+        # the reference's where(allowed, scores * scale, -1e9) as two products (a masked copy is
+        # 10x slower): scores * (scale or 0) + (0 or -1e9), the same value for finite scores
+        keep = np.where(allowed, np.asarray(scale, scores.dtype), np.asarray(0, scores.dtype))
+        scores *= keep
+        scores += np.where(allowed, np.asarray(0, scores.dtype), np.asarray(-1e9, scores.dtype))
+    else:
+        scores *= scale
+    scores -= _row_max(scores)
     att = np.exp(scores, out=scores)
-    att /= att.sum(axis=-1, keepdims=True)  # (B, H, T, S)
+    att /= _row_sum(att)  # (B, H, T, S)
     attg = att.reshape(B, K, G * T, -1)  # (B, K, G*T, S)
-    out = (attg @ v.data).reshape(B, H, T, D)
+    out = _matmul_like(attg, v.data, q.data)  # (B, H, T, D) in q's memory layout (the model's (B, T, H, D))
 
     def backward(dout):
         doutg = dout.reshape(B, K, G * T, D)
         # forward was: out = att @ v
         datt = doutg @ v.data.swapaxes(-1, -2)  # (B, K, G*T, S)
-        dv = attg.swapaxes(-1, -2) @ doutg  # (B, K, S, D), summed over the group
+        dv = _matmul_like(attg.swapaxes(-1, -2), doutg, v.data)  # (B, K, S, D), summed over the group
         # forward was: att = softmax(scores); dscores = att * (datt - sum(datt * att)) * scale, in datt's buffer
-        datt -= (datt * attg).sum(axis=-1, keepdims=True)
+        datt -= _row_sum(datt * attg)
         datt *= attg
-        datt *= scale
         dscores = datt
-        if mask is not None:
-            # forward was: scores = where(allowed, scores, -1e9): masked scores get no gradient
-            np.copyto(dscores.reshape(B, H, T, -1), 0, where=blocked)
+        if keep is not None:
+            # forward was: scores = where(allowed, scores * scale, -1e9): masked scores get no gradient.
+            # keep is 0 there; "+ 0" turns the -0 of a negative gradient times 0 into the reference's +0
+            dscores4 = dscores.reshape(B, H, T, -1)
+            dscores4 *= keep
+            dscores4 += 0.0
+        else:
+            dscores *= scale
         # forward was: scores = q @ k^T * scale
-        dq = (dscores @ k.data).reshape(B, H, T, D)
-        dk = dscores.swapaxes(-1, -2) @ qg  # (B, K, S, D)
+        dq = _matmul_like(dscores, k.data, q.data)  # (B, H, T, D)
+        dk = _matmul_like(dscores.swapaxes(-1, -2), qg, k.data)  # (B, K, S, D)
         return dq, dk, dv
 
     return _op(out, (q, k, v), backward)
@@ -573,13 +702,22 @@ def swiglu(gate: Tensor, up: Tensor) -> Tensor:
     act = g * sig
 
     def backward(dout):
-        # forward was: out = silu(gate) * up, silu'(gate) = sig * (1 + gate * (1 - sig)); the reference's order
-        dsilu = np.subtract(1, sig)
-        dsilu *= g
-        dsilu += 1
-        dgate = dout * u
-        dgate *= sig
-        dgate *= dsilu
+        if _exact or _reference or dout.dtype != sig.dtype:
+            # forward was: out = silu(gate) * up, silu'(gate) = sig * (1 + gate * (1 - sig)); the reference's order
+            dsilu = np.subtract(1, sig)
+            dsilu *= g
+            dsilu += 1
+            dgate = dout * u
+            dgate *= sig
+            dgate *= dsilu
+            return dgate, dout * act
+        # silu'(gate) = sig + act * (1 - sig), in one buffer that becomes dgate: one pass and one
+        # (..., I) array fewer than the reference's order (rounds differently: a fused path)
+        dgate = np.subtract(1, sig)
+        dgate *= act
+        dgate += sig
+        dgate *= u
+        dgate *= dout
         return dgate, dout * act
 
     return _op(act * u, (gate, up), backward)

@@ -122,13 +122,14 @@ class LlamaAttention(Module):
         self.o_proj = Linear(H * D, C, rng, std)
         self.shape = (H, K, D)
 
-    def __call__(self, x: Tensor, cos, sin, mask, cache: KVCache | None, layer: int) -> Tensor:
+    def __call__(self, x: Tensor, rope: dict, mask, cache: KVCache | None, layer: int) -> Tensor:
+        """`rope`: heads -> cos, sin for q (H heads) and k (K heads), from `rope_for_heads`."""
         B, T, C = x.shape
         H, K, D = self.shape
         q = self.q_proj(x).reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
         k = self.k_proj(x).reshape(B, T, K, D).transpose(0, 2, 1, 3)  # (B, K, T, D)
         v = self.v_proj(x).reshape(B, T, K, D).transpose(0, 2, 1, 3)  # (B, K, T, D)
-        q, k = F.rope(q, cos, sin), F.rope(k, cos, sin)
+        q, k = F.rope(q, *rope[H]), F.rope(k, *rope[K])
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, K, S, D)
         y = F.attention(q, k, v, mask)  # (B, H, T, D)
@@ -153,8 +154,8 @@ class LlamaDecoderLayer(Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def __call__(self, x, cos, sin, mask, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+    def __call__(self, x, rope, mask, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -195,6 +196,25 @@ def rope_lookup(positions: np.ndarray, config: TransformerConfig) -> tuple[np.nd
     return cos[positions], sin[positions]
 
 
+def rope_for_heads(cos: np.ndarray, sin: np.ndarray, heads: tuple[int, ...]) -> dict:
+    """heads n -> cos, sin (B, 1, T, D) expanded to (B, n, T, D) and laid out in memory as (B, T, n, D).
+
+    That is the layout of q and k (the (B, T, n*D) projections seen as (B, n, T, D)), so `F.rope`'s
+    products run over contiguous memory instead of inner loops of D elements (the same values;
+    `functional.reference_ops()` passes the tables as they are).
+    """
+    if F._reference:
+        return {n: (cos, sin) for n in heads}
+    B, _, T, D = cos.shape
+
+    def expand(table: np.ndarray, n: int) -> np.ndarray:
+        full = np.empty((B, T, n, D), dtype=table.dtype)
+        full[...] = table.transpose(0, 2, 1, 3)  # (B, T, 1, D) over the n heads
+        return full.transpose(0, 2, 1, 3)  # (B, n, T, D)
+
+    return {n: (expand(cos, n), expand(sin, n)) for n in set(heads)}
+
+
 class Transformer(Module):
     """LlamaForCausalLM with optional value and reward heads."""
 
@@ -230,9 +250,10 @@ class Transformer(Module):
         positions, mask = positions_and_mask(np.asarray(attention_mask), T, offset)
         mask = F.mask_bias(mask)  # computed once, added in every layer
         cos, sin = rope_lookup(positions[:, None, :], self.config)  # (B, 1, T, D)
+        rope = rope_for_heads(cos, sin, (self.config.num_attention_heads, self.config.num_key_value_heads))
         x = self.model.embed_tokens(tokens)  # (B, T, C)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, cache, i)
+            x = layer(x, rope, mask, cache, i)
         if cache is not None:
             cache.length += T
         return self.model.norm(x)
