@@ -171,12 +171,6 @@ def main():
       minirl eval sft              per-task accuracy of a model
       minirl sample sft --prompt "Q:12+34\\nA:"
     """
-    import os
-
-    from minirl.memory import keep_freed_memory
-
-    if os.environ.get("MINIRL_KEEP_FREED_MEMORY", "1") != "0":
-        keep_freed_memory()  # page faults of NumPy's temporaries: see minirl/memory.py
 
 
 @main.group()
