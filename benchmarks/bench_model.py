@@ -239,7 +239,6 @@ def generate_fns(args, torch, cfg, model, mirror):
     def mirror_gen():
         return greedy_generate(mirror, t_prompts, t_mask, args.new_tokens, eos_id=-1, pad_id=0)[0]
 
-    hf_gen = None
     try:
         import tempfile
 
@@ -262,8 +261,8 @@ def generate_fns(args, torch, cfg, model, mirror):
             with torch.no_grad():
                 return hf.generate(t_prompts, attention_mask=torch.ones_like(t_prompts), do_sample=False,
                                    max_new_tokens=args.new_tokens, use_cache=True, pad_token_id=0)
-    except ImportError:
-        pass
+    except ImportError:  # no transformers: no HF row
+        return minirl_gen, mirror_gen, None
     return minirl_gen, mirror_gen, hf_gen
 
 
