@@ -368,8 +368,9 @@ def reproduce_regime(quick, seeds, points, workers, out, as_json):
 
     \b
     Answers: does a toy run exist that gains >= 10 points on add and is >= 50 % sparse (bf16, tol 1e-5)?
-    The width axis (points w32_*, w96_*, w128_*: the shipped SFT models of those widths) finds, per width, the lr
-    at which GRPO first gains 10 points and the sparsity there, and extrapolates both to width 4096.
+    The width axis (points w32_*, w96_*, w128_*: the shipped SFT models of those widths) trains each width at the
+    four learning rates and with the paper preset, and fits the weights' RMS and the sparsity against log2(width),
+    carried to width 4096 as a trend, with the half-ULP predictor applied there.
     Rerun with the same --out after an interruption: finished runs are read back.
     """
     from minirl.experiments.regime import QUICK_POINTS, RegimeConfig, run_regime

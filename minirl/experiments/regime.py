@@ -2,9 +2,9 @@
 
 docs/PAPERS.md ("What reproduced at toy scale means") names the knobs that decide whether bf16 storage hides an
 RL update: the relative step lr / rms(w), the number of steps, the storage precision, Adam's eps against the
-gradients' RMS, and the model's width. This experiment trains GRPO from the shipped SFT model over a grid of
-those knobs (width aside: see the README) and measures, for each point, the update sparsity (bf16, tol 1e-5)
-and the gain on add, over several seeds:
+gradients' RMS, and the model's width. This experiment trains GRPO from the shipped SFT models over a grid of
+those knobs and measures, for each point, the update sparsity (bf16, tol 1e-5) and the gain on add, over
+several seeds:
 
     lr        3e-4, 1e-4 (the preset), 3e-5, 1e-5 at 150 steps: relative steps 4.4e-3 ... 1.5e-4
     steps     1e-5 for 600 steps: a small step taken four times as often
@@ -12,6 +12,9 @@ and the gain on add, over several seeds:
               (about 2e-3 here after the clip); at 1e-3 eps damps the steps of the weights with small gradients
     precision pure_bf16 (no fp32 master: a step below half a bf16 ULP is lost) at lr 1e-4 (150 and 300 steps),
               2e-4 and 1e-3
+    width     the SFT models of widths 32, 96 and 128 (sft-w32, ...) at the four lrs and with the paper preset;
+              `width_trend` fits their weights' RMS and sparsities against log2(width) and carries the lines,
+              and the half-ULP predictor, to width 4096
 
 It answers one question with the measured grid: does a configuration exist in which a toy GRPO run both gains
 at least 10 points and is at least 50 % sparse?
