@@ -434,18 +434,19 @@ def render_widths(trend: dict, console: Console) -> None:
         return
     lrs = (3e-4, 1e-4, 3e-5, 1e-5)
     t = Table(title="the width axis: GRPO from each width's SFT model (fp32 master, bf16 storage, 150 steps); "
-                    "gain / sparsity % at each lr, mean over seeds", title_justify="left")
-    for col in ("width", "rms(w)", *(f"lr {lr:g}" for lr in lrs), "best lr", "paper preset",
-                "half-ULP > lr: weights / normal"):
-        t.add_column(col, justify="right")
+                    "gain/sparsity % at each lr, mean over seeds", title_justify="left")
+    for col in ("width", "rms(w)", *(f"lr {lr:.0e}" for lr in lrs), "paper preset", "½ULP > lr *"):
+        t.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         at = dict(zip(r["lrs"], zip(r["gains"], r["sparsities"])))
-        cells = [f"{at[lr][0]:+.1f} / {at[lr][1]:.1f}" if lr in at else "-" for lr in lrs]
-        best = f"{r['best']['lr']:g}: {r['best']['gain']:+.1f} / {r['best']['sparsity']:.1f}" if "best" in r else "-"
-        paper = f"{r['paper']['gain']:+.1f} / {r['paper']['sparsity']:.1f}" if "paper" in r else "-"
-        ulp = f"{r['half_ulp']['exact']:.1f} / {r['half_ulp']['gaussian']:.1f}" if "half_ulp" in r else "-"
-        t.add_row(str(r["width"]), f"{r['rms_w']:.4f}", *cells, best, paper, ulp)
+        cells = [f"{at[lr][0]:+.1f}/{at[lr][1]:.1f}" if lr in at else "-" for lr in lrs]
+        paper = f"{r['paper']['gain']:+.1f}/{r['paper']['sparsity']:.1f}" if "paper" in r else "-"
+        ulp = f"{r['half_ulp']['exact']:.1f}" if "half_ulp" in r else "-"
+        t.add_row(str(r["width"]), f"{r['rms_w']:.3f}", *cells, paper, ulp)
     console.print(t)
+    console.print("  * % of the SFT model's weights whose half bf16 ULP exceeds the paper preset's lr (1e-4): the "
+                  "paper preset's sparsity, predicted before training (for normal weights of the same rms(w): "
+                  + ", ".join(f"{r['half_ulp']['gaussian']:.1f}" for r in rows if "half_ulp" in r) + ")")
     fits, hi = trend["fits"], trend["predict_width"]
     names = {"rms_w": "rms(w)", "best_lr": "the best lr", "best_sparsity": "sparsity at the best lr",
              "paper_sparsity": "the paper preset's sparsity", **{f"sparsity_lr{k}": f"sparsity at lr {k}"
@@ -456,8 +457,7 @@ def render_widths(trend: dict, console: Console) -> None:
         console.print(f"  {names.get(key, key)}: {trendword} (r^2 {f['r2']:.2f}, widths "
                       f"{', '.join(map(str, f['widths']))}) -> {value} at width {hi}")
     if "half_ulp_at_predict_width" in trend:
-        console.print(f"  the paper preset's predictor (half a bf16 ULP > lr; last column: this model's weights / "
-                      f"normal weights of its RMS) for normal weights of the extrapolated RMS at width {hi}: "
+        console.print(f"  the paper preset's predictor (*) for normal weights of the extrapolated RMS at width {hi}: "
                       + ", ".join(f"lr {lr}: {v:.1f} %" for lr, v in trend["half_ulp_at_predict_width"].items()))
     if fits:
         console.print(f"  [dim]straight lines through {len(rows)} widths carried "
