@@ -39,6 +39,7 @@ from minirl.tasks import TASKS, encode_chat, format_prompt, heldout_set
 from minirl.tasks.tokenizer import CharTokenizer
 
 torch = pytest.importorskip("torch")
+from torch_helpers import max_abs, t  # noqa: E402 (after the skip)
 
 from minirl.export.hf import export_hf, load_hf  # noqa: E402
 from minirl.export.torch import export_torch, import_torch, load_torch, to_torch  # noqa: E402
@@ -86,16 +87,6 @@ def load_hf_model(path):
                                                              output_loading_info=True)
     assert all(len(v) == 0 for v in info.values()), info
     return hf
-
-
-def t(x: np.ndarray):
-    return torch.from_numpy(np.ascontiguousarray(x))
-
-
-def max_abs(a, b) -> float:
-    a = a.detach().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    b = b.detach().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
 # ------------------------------------------------------------------ logits

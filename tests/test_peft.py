@@ -27,6 +27,7 @@ from minirl.tensor import no_grad
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
+from torch_helpers import max_abs, t  # noqa: E402 (after the skip)
 
 from minirl.export.peft import export_peft, load_peft  # noqa: E402
 
@@ -63,16 +64,6 @@ def lora_model(config: LoraConfig, **heads):
     inject_lora(model, config)
     randomize_adapters(model)
     return base, model
-
-
-def t(x: np.ndarray):
-    return torch.from_numpy(np.ascontiguousarray(x))
-
-
-def max_abs(a, b) -> float:
-    a = a.detach().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    b = b.detach().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
 def hf_causal(path):
