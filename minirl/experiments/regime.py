@@ -60,6 +60,8 @@ for _w, _init in WIDTHS.items():
         POINTS[f"w{_w}_pure_bf16x300"] = ("width", {"init": _init, "precision": "pure_bf16", "steps": 300})
 QUICK_POINTS = tuple(n for n in POINTS if POINTS[n][0] != "width") + ("w32_lr1e-4", "w128_lr1e-4", "w128_lr1e-5")
 """--quick's grid: every knob, the width axis at two widths."""
+GAIN_FLOOR = -10.0
+"""regime.png's gain axis starts here; a point below (a diverged run) is drawn as an arrow at the floor."""
 PAPER_LR = 1e-4
 """The paper preset's lr (pure bf16, 300 steps): what the half-ULP predictor compares with."""
 PREDICT_WIDTH = 4096
@@ -292,12 +294,21 @@ def draw(result: RegimeResult, out: Path) -> Path | None:
     paper_step = papers()["scale_matching"]["relative_step"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     markers = {"lr": "o", "steps": "s", "eps": "^", "precision": "D"}
-    for p in (p for p in result.points if p["knob"] != "width"):  # the width axis: widths.png
+    points = [p for p in result.points if p["knob"] != "width"]  # the width axis: widths.png
+    floor = GAIN_FLOOR if any(p["gain"] >= GAIN_FLOOR for p in points) else None
+    for p in points:
         for ax, key in ((a1, "sparsity"), (a2, "gain")):
+            if key == "gain" and floor is not None and p["gain"] < floor:  # a diverged run: an arrow at the floor
+                ax.plot(p["relative_step"], floor + 0.5, "v", color="tab:red")
+                ax.annotate(f"{p['point']}: {p['gain']:+.1f}", (p["relative_step"], floor + 0.5), fontsize=7,
+                            xytext=(-4, 6), textcoords="offset points", ha="right", color="tab:red")
+                continue
             ax.errorbar(p["relative_step"], p[key], yerr=[[p[key] - p[f"{key}_min"]], [p[f"{key}_max"] - p[key]]],
                         fmt=markers[p["knob"]], capsize=2, color="tab:blue")
             ax.annotate(p["point"], (p["relative_step"], p[key]), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")
+    if floor is not None and any(p["gain"] < floor for p in points):
+        a2.set_ylim(bottom=floor)
     for ax, bar, label in ((a1, SPARSITY_BAR, "50 % sparse"), (a2, GAIN_BAR, "+10 points")):
         ax.axhline(bar, color="tab:orange", ls="--", label=label)
         ax.axvline(paper_step, color="tab:gray", ls=":", label="the papers' relative step (estimate)")
