@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 
 
 def load(name_or_path, value_head=None, reward_head=None, merge_lora=False):
-    """A shipped model ("base", "sft"), a checkpoint or a run directory; heads added or dropped, LoRA merged."""
+    """A shipped model ("base", "sft", "sft-w32", ...: minirl.loading.SHIPPED), a checkpoint or a run directory;
+    heads added or dropped, LoRA merged."""
     from minirl.loading import load as _load
 
     return _load(name_or_path, value_head=value_head, reward_head=reward_head, merge_lora=merge_lora)
