@@ -413,7 +413,7 @@ def render_regime(result, console: Console | None = None) -> None:
                   f"{p['sparsity']:.1f} ({p['sparsity_min']:.1f}-{p['sparsity_max']:.1f})",
                   f"{p['gain']:+.1f} ({p['gain_min']:+.1f} to {p['gain_max']:+.1f})", f"{p['tax']:+.2f}")
     console.print(t)
-    render_widths(getattr(result, "widths", {}), console)
+    render_widths(result.widths, console)
     a = result.answer
     if a["exists"]:
         console.print(f"[green]a toy run can be both: {', '.join(a['points'])} gained >= {GAIN_BAR:g} points and was "
@@ -428,11 +428,13 @@ def render_regime(result, console: Console | None = None) -> None:
 
 def render_widths(trend: dict, console: Console) -> None:
     """The width axis of `minirl reproduce regime`: per width the weights' RMS, gain and sparsity at each lr, the
-    best lr, the paper preset, and the straight-line fits against log2(width) carried to width 4096."""
+    paper preset, the half-ULP predictor, and the straight-line fits against log2(width) carried to width 4096."""
+    from minirl.experiments.regime import WIDTH_LRS
+
     rows = trend.get("widths", [])
     if len(rows) < 2:
         return
-    lrs = (3e-4, 1e-4, 3e-5, 1e-5)
+    lrs = tuple(WIDTH_LRS.values())
     t = Table(title="the width axis: GRPO from each width's SFT model (fp32 master, bf16 storage, 150 steps); "
                     "gain/sparsity % at each lr, mean over seeds", title_justify="left")
     for col in ("width", "rms(w)", *(f"lr {lr:.0e}" for lr in lrs), "paper preset", "½ULP > lr *"):
@@ -449,8 +451,8 @@ def render_widths(trend: dict, console: Console) -> None:
                   + ", ".join(f"{r['half_ulp']['gaussian']:.1f}" for r in rows if "half_ulp" in r) + ")")
     fits, hi = trend["fits"], trend["predict_width"]
     names = {"rms_w": "rms(w)", "best_lr": "the best lr", "best_sparsity": "sparsity at the best lr",
-             "paper_sparsity": "the paper preset's sparsity", **{f"sparsity_lr{k}": f"sparsity at lr {k}"
-                                                                 for k in ("3e-4", "1e-4", "3e-5", "1e-5")}}
+             "paper_sparsity": "the paper preset's sparsity",
+             **{f"sparsity_{name}": f"sparsity at lr {name[2:]}" for name in WIDTH_LRS}}
     for key, f in fits.items():
         trendword = (f"x width^{f['slope']:.2f}" if f["log"] else f"{f['slope']:+.1f} points per doubling")
         value = f"{f['predicted']:.2g}" if f["log"] else f"{f['predicted']:.0f} %"

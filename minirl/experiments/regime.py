@@ -54,10 +54,17 @@ WIDTHS = {32: "sft-w32", 64: "sft", 96: "sft-w96", 128: "sft-w128"}
 SFT run long enough that greedy add accuracy is near the shipped model's 40 %)."""
 WIDTH_LRS = {"lr3e-4": 3e-4, "lr1e-4": 1e-4, "lr3e-5": 3e-5, "lr1e-5": 1e-5}
 """The learning rates every width is trained at (width 64: the lr points above)."""
+
+
+def point_name(width: int, name: str) -> str:
+    """A grid point's name at a width: width 64's points keep theirs, the other widths' get a w<width>_ prefix."""
+    return name if width == 64 else f"w{width}_{name}"
+
+
 for _w, _init in WIDTHS.items():
     if _w != 64:
-        POINTS |= {f"w{_w}_{name}": ("width", {"init": _init, "lr": lr}) for name, lr in WIDTH_LRS.items()}
-        POINTS[f"w{_w}_pure_bf16x300"] = ("width", {"init": _init, "precision": "pure_bf16", "steps": 300})
+        POINTS |= {point_name(_w, name): ("width", {"init": _init, "lr": lr}) for name, lr in WIDTH_LRS.items()}
+        POINTS[point_name(_w, "pure_bf16x300")] = ("width", {"init": _init, "precision": "pure_bf16", "steps": 300})
 QUICK_POINTS = tuple(n for n in POINTS if POINTS[n][0] != "width") + ("w32_lr1e-4", "w128_lr1e-4", "w128_lr1e-5")
 """--quick's grid: every knob, the width axis at two widths."""
 GAIN_FLOOR = -10.0
@@ -143,8 +150,8 @@ def summarise(runs: list[dict]) -> list[dict]:
     out = []
     for name in dict.fromkeys(r["point"] for r in runs):
         rows = [r for r in runs if r["point"] == name]
-        point = {k: rows[0][k] for k in ("point", "knob", "relative_step", "lr", "steps", "precision", "eps")}
-        point["width"] = rows[0].get("width", 64)
+        point = {k: rows[0][k] for k in ("point", "knob", "width", "relative_step", "lr", "steps", "precision",
+                                          "eps")}
         point["eps_over_grad"] = point["eps"] / statistics.fmean(r["grad_rms"] for r in rows)
         for key in ("sparsity", "gain", "tax"):
             values = [r[key] for r in rows]
@@ -166,7 +173,7 @@ def answer(points: list[dict]) -> dict:
 
 def lr_curve(points: list[dict], width: int) -> list[dict]:
     """The fp32-master (bf16 storage), 150-step points of one width, by increasing lr."""
-    names = set(WIDTH_LRS) if width == 64 else {f"w{width}_{n}" for n in WIDTH_LRS}
+    names = {point_name(width, n) for n in WIDTH_LRS}
     return sorted((p for p in points if p["point"] in names), key=lambda p: p["lr"])
 
 
@@ -214,8 +221,7 @@ def width_trend(points: list[dict], half_ulp: dict[int, float] | None = None) ->
     rows = []
     for width in sorted({p["width"] for p in points}):
         curve = lr_curve(points, width)
-        paper = next((p for p in points if p["width"] == width and p["precision"] == "pure_bf16"
-                      and p["steps"] == 300 and p["lr"] == 1e-4), None)
+        paper = next((p for p in points if p["point"] == point_name(width, "pure_bf16x300")), None)
         if not curve and not paper:
             continue
         anyp = (curve or [paper])[0]
