@@ -150,8 +150,8 @@ def summarise(runs: list[dict]) -> list[dict]:
     out = []
     for name in dict.fromkeys(r["point"] for r in runs):
         rows = [r for r in runs if r["point"] == name]
-        point = {k: rows[0][k] for k in ("point", "knob", "width", "relative_step", "lr", "steps", "precision",
-                                          "eps")}
+        point = {k: rows[0][k] for k in ("point", "knob", "relative_step", "lr", "steps", "precision", "eps")}
+        point["width"] = rows[0].get("width", 64)  # rows without one: the shipped width
         point["eps_over_grad"] = point["eps"] / statistics.fmean(r["grad_rms"] for r in rows)
         for key in ("sparsity", "gain", "tax"):
             values = [r[key] for r in rows]
